@@ -1,0 +1,98 @@
+/**
+ * `@hmmkit/core`: the simulation kernel, physical memory, address spaces and faults, dev_pagemap,
+ * migrate_vma, HMM mirroring.
+ * @packageDocumentation
+ */
+export { type MachineConfig, type MachineConfigResolved, type ThpMode, validateMachineConfig } from "./config";
+export { Machine } from "./machine";
+export {
+  DevPagemap,
+  type DevPagemapInit,
+  type DevPagemapOps,
+  MEMORY_DEVICE_COHERENT,
+  MEMORY_DEVICE_PRIVATE,
+  Memremap,
+  VM_FAULT,
+  type VmFault,
+} from "./memremap/memremap";
+export { FAULT_FALLBACK, FaultHandler } from "./mm/fault";
+export { Forker } from "./mm/fork";
+export { HugeMemory } from "./mm/huge-memory";
+export { LRU_ACTIVE_ANON, LRU_INACTIVE_ANON, Lru, LruVec } from "./mm/lru";
+export { MMAP_BASE, MMAP_MIN_ADDR, Mm, TASK_SIZE } from "./mm/mm";
+export { MmCore, type SwapIn, Task } from "./mm/mm-core";
+export {
+  MMU_NOTIFY,
+  MmuIntervalNotifier,
+  type MmuIntervalNotifierOps,
+  type MmuNotifierRange,
+  MmuNotifierState,
+  mmuIntervalCheckRetry,
+  mmuIntervalNotifierInsert,
+  mmuIntervalNotifierRemove,
+  mmuIntervalReadBegin,
+  mmuIntervalReadRetry,
+  mmuIntervalSetSeq,
+  mmuNotifierInvalidateRangeEnd,
+  mmuNotifierInvalidateRangeStart,
+  mmuNotifyRange,
+} from "./mm/mmu-notifier";
+export { PageRefs, type ZoneDeviceFree } from "./mm/page-ref";
+export {
+  entryBits,
+  entryPayload,
+  isHuge,
+  isPresent,
+  isWrite,
+  mkPte,
+  mkSwpEntry,
+  PageTable,
+  PMD_SIZE,
+  PTE,
+  PTRS_PER_PTE,
+  PUD_SIZE,
+  SWP,
+  swpType,
+  withBits,
+} from "./mm/page-table";
+export { AnonVma, Rmap, ShmemObject } from "./mm/rmap";
+export {
+  MADV_DOFORK,
+  MADV_DONTFORK,
+  MADV_DONTNEED,
+  MADV_FREE,
+  MADV_HUGEPAGE,
+  MADV_NOHUGEPAGE,
+  MAP_ANONYMOUS,
+  MAP_FIXED,
+  MAP_PRIVATE,
+  MAP_SHARED,
+  PROT_EXEC,
+  PROT_NONE,
+  PROT_READ,
+  PROT_WRITE,
+  protToVm,
+  VM,
+  Vma,
+} from "./mm/vma";
+
+export {
+  Contents,
+  GFP,
+  GUP_PIN_COUNTING_BIAS,
+  HPAGE_PMD_NR,
+  HPAGE_PMD_ORDER,
+  HPAGE_PMD_SIZE,
+  MAX_PAGE_ORDER,
+  PAGE_METADATA_BYTES,
+  PAGE_SHIFT,
+  PAGE_SIZE,
+  PageAllocator,
+  PageState,
+  PG,
+  type PhysContext,
+  type PhysRegion,
+  Zone,
+} from "./phys/index";
+export { BugError, bugOn, type CoreEvents, ERRNO, type Errno, einval, Fence, HmmError, Rng, SimClock, TraceBus, VmStat } from "./sim/index";
+export { TOKENS } from "./tokens";

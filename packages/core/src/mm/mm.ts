@@ -1,0 +1,287 @@
+/**
+ * `Mm` (mm_struct): an address space — its VMAs, page tables and notifier state — and the
+ * system calls that change its layout: mmap, munmap, mprotect, madvise.
+ *
+ * VMAs are kept sorted and non-overlapping. munmap and mprotect split VMAs at the range's edges
+ * (splitting a PMD-mapped THP when an edge falls inside it), notify interval subscribers before
+ * the page tables change (MMU_NOTIFY_UNMAP, MMU_NOTIFY_PROTECTION_VMA), and leave every
+ * refcount and mapcount exact. Anonymous mappings of at least 2 MiB are placed on a 2 MiB
+ * boundary, as the kernel's THP-aware get_unmapped_area does.
+ *
+ * Only anonymous memory is modelled (private, and shared = shmem); file mappings are out of scope
+ * and refused with EINVAL. The emulator does not model mmap_lock contention: layout changes are
+ * synchronous, and in-flight migrations tolerate them the way the kernel's do after the lock is
+ * dropped (a vanished migration entry is simply not restored).
+ *
+ * @see mm/mmap.c, mm/vma.c, mm/mprotect.c, mm/madvise.c, include/linux/mm_types.h
+ */
+import { PAGE_SIZE } from "../phys/page-state";
+import { einval, HmmError } from "../sim/errors";
+import type { MmCore } from "./mm-core";
+import { MMU_NOTIFY, MmuNotifierState, mmuNotifyRange } from "./mmu-notifier";
+import { PageTable, PMD_SIZE } from "./page-table";
+import {
+  MADV_DOFORK,
+  MADV_DONTFORK,
+  MADV_DONTNEED,
+  MADV_FREE,
+  MADV_HUGEPAGE,
+  MADV_NOHUGEPAGE,
+  MAP_ANONYMOUS,
+  MAP_FIXED,
+  MAP_PRIVATE,
+  MAP_SHARED,
+  PROT_EXEC,
+  PROT_READ,
+  PROT_WRITE,
+  protToVm,
+  VM,
+  Vma,
+} from "./vma";
+
+/** Top of the mmap area (top-down allocation below it). @see mmap_base */
+export const MMAP_BASE = 0x7f0000000000;
+/** Lowest address mmap hands out. @see mmap_min_addr */
+export const MMAP_MIN_ADDR = 0x10000;
+/** One past the highest user address (47-bit). @see TASK_SIZE */
+export const TASK_SIZE = 0x800000000000;
+
+/**
+ * An address space.
+ * @see struct mm_struct
+ */
+export class Mm {
+  /** The page tables. */
+  readonly pt = new PageTable();
+  /** VMAs sorted by start, non-overlapping. */
+  vmas: Vma[] = [];
+  /** Interval-notifier state. */
+  readonly notifiers = new MmuNotifierState();
+  /** Whether the address space was torn down. */
+  dead = false;
+  /** Resident anonymous base pages mapped (RSS). @see MM_ANONPAGES */
+  rssAnon = 0;
+  /** Device-private entries mapped. @see MM_SWAPENTS (the kernel counts them as swap entries) */
+  rssDevice = 0;
+  /** Users (tasks) of this mm. @see mm_users */
+  users = 1;
+
+  /**
+   * @param id - machine-unique id. @param core - the mm layer.
+   */
+  constructor(
+    readonly id: number,
+    readonly core: MmCore,
+  ) {}
+
+  /**
+   * The VMA containing `va`.
+   * @param va - address. @returns the VMA or undefined. @see vma_lookup
+   */
+  findVma(va: number): Vma | undefined {
+    const v = this.vmas;
+    let lo = 0;
+    let hi = v.length - 1;
+    while (lo <= hi) {
+      const mid = (lo + hi) >> 1;
+      const m = v[mid] as Vma;
+      if (va < m.start) hi = mid - 1;
+      else if (va >= m.end) lo = mid + 1;
+      else return m;
+    }
+    return undefined;
+  }
+
+  /**
+   * VMAs overlapping `[start, end)`, ascending.
+   * @param start - first byte. @param end - one past last. @returns the VMAs.
+   */
+  vmasIn(start: number, end: number): Vma[] {
+    return this.vmas.filter((v) => v.start < end && v.end > start);
+  }
+
+  /**
+   * Map anonymous memory.
+   * @param addr - hint, or the exact address with MAP_FIXED (page aligned); 0 lets the kernel pick.
+   * @param length - bytes, > 0 (rounded up to pages).
+   * @param prot - PROT_READ | PROT_WRITE | PROT_EXEC, or PROT_NONE.
+   * @param flags - MAP_ANONYMOUS with MAP_PRIVATE or MAP_SHARED, optionally MAP_FIXED.
+   * @returns the mapped address.
+   * @throws HmmError EINVAL for a zero length, unaligned MAP_FIXED address, both or neither of
+   *   MAP_PRIVATE/MAP_SHARED, a file mapping or unknown bits; ENOMEM when no gap fits.
+   * @see do_mmap, mmap(2)
+   */
+  mmap(addr: number, length: number, prot: number, flags: number): number {
+    this.checkAlive();
+    if (!Number.isInteger(length) || length <= 0) einval("length", `a positive byte count, got ${length}`);
+    if (!Number.isInteger(prot) || (prot & ~(PROT_READ | PROT_WRITE | PROT_EXEC)) !== 0) einval("prot", `PROT_* bits, got ${prot}`);
+    if (!Number.isInteger(flags) || (flags & ~(MAP_SHARED | MAP_PRIVATE | MAP_FIXED | MAP_ANONYMOUS)) !== 0) {
+      einval("flags", `MAP_SHARED|MAP_PRIVATE|MAP_FIXED|MAP_ANONYMOUS bits, got 0x${Number(flags).toString(16)}`);
+    }
+    if (!(flags & MAP_ANONYMOUS)) einval("flags", "MAP_ANONYMOUS (hmmkit models anonymous memory only)");
+    const shared = (flags & MAP_SHARED) !== 0;
+    if (shared === ((flags & MAP_PRIVATE) !== 0)) einval("flags", "exactly one of MAP_SHARED and MAP_PRIVATE");
+    const len = Math.ceil(length / PAGE_SIZE) * PAGE_SIZE;
+    let start: number;
+    if (flags & MAP_FIXED) {
+      if (!Number.isInteger(addr) || addr % PAGE_SIZE !== 0 || addr < MMAP_MIN_ADDR || addr + len > TASK_SIZE) {
+        einval("addr", `a page-aligned address in [0x${MMAP_MIN_ADDR.toString(16)}, TASK_SIZE) with MAP_FIXED, got ${addr}`);
+      }
+      start = addr;
+      this.munmapRange(start, start + len);
+    } else {
+      start = this.unmappedArea(len, len >= PMD_SIZE ? PMD_SIZE : PAGE_SIZE);
+    }
+    const core = this.core;
+    const obj = shared ? core.rmap.newShmem() : core.rmap.newAnonVma();
+    obj.mms.add(this);
+    if (shared) core.shmemVmaRef(obj.id, +1);
+    const vma = new Vma(start, start + len, protToVm(prot) | (shared ? VM.SHARED : 0), obj.id, shared ? 0 : start / PAGE_SIZE);
+    this.insertVma(vma);
+    return start;
+  }
+
+  /**
+   * Unmap `[addr, addr + length)`; unmapped holes inside are fine.
+   * @param addr - page aligned. @param length - bytes, > 0.
+   * @throws HmmError EINVAL for an unaligned address or non-positive length.
+   * @see do_munmap, munmap(2)
+   */
+  munmap(addr: number, length: number): void {
+    this.checkAlive();
+    this.checkRange(addr, length);
+    this.munmapRange(addr, addr + Math.ceil(length / PAGE_SIZE) * PAGE_SIZE);
+  }
+
+  /**
+   * Change the protection of `[addr, addr + length)`, which must be fully mapped.
+   * @param addr - page aligned. @param length - bytes, > 0. @param prot - PROT_* bits.
+   * @throws HmmError EINVAL for bad arguments; ENOMEM if part of the range is unmapped (state unchanged).
+   * @see do_mprotect_pkey, mprotect(2)
+   */
+  mprotect(addr: number, length: number, prot: number): void {
+    this.checkAlive();
+    this.checkRange(addr, length);
+    if (!Number.isInteger(prot) || (prot & ~(PROT_READ | PROT_WRITE | PROT_EXEC)) !== 0) einval("prot", `PROT_* bits, got ${prot}`);
+    const end = addr + Math.ceil(length / PAGE_SIZE) * PAGE_SIZE;
+    this.checkFullyMapped(addr, end, "mprotect");
+    const newVm = protToVm(prot);
+    mmuNotifyRange(this, addr, end, MMU_NOTIFY.PROTECTION_VMA);
+    for (const v of this.splitAt(addr, end)) {
+      const removesWrite = (v.flags & VM.WRITE) !== 0 && (newVm & VM.WRITE) === 0;
+      v.flags = (v.flags & ~(VM.READ | VM.WRITE | VM.EXEC)) | newVm;
+      if (removesWrite || (newVm & VM.READ) === 0) this.core.fault.changeProtection(this, v, v.start, v.end, newVm);
+    }
+  }
+
+  /**
+   * Give advice about `[addr, addr + length)`.
+   * @param addr - page aligned. @param length - bytes, > 0.
+   * @param advice - MADV_DONTNEED, MADV_FREE, MADV_HUGEPAGE, MADV_NOHUGEPAGE, MADV_DONTFORK, MADV_DOFORK.
+   * @throws HmmError EINVAL for unknown advice or bad range; ENOMEM if part of the range is unmapped.
+   * @see do_madvise, madvise(2)
+   */
+  madvise(addr: number, length: number, advice: number): void {
+    this.checkAlive();
+    this.checkRange(addr, length);
+    const end = addr + Math.ceil(length / PAGE_SIZE) * PAGE_SIZE;
+    const known = [MADV_DONTNEED, MADV_FREE, MADV_HUGEPAGE, MADV_NOHUGEPAGE, MADV_DONTFORK, MADV_DOFORK];
+    if (!known.includes(advice)) einval("advice", `one of MADV_DONTNEED/FREE/HUGEPAGE/NOHUGEPAGE/DONTFORK/DOFORK, got ${advice}`);
+    this.checkFullyMapped(addr, end, "madvise");
+    if (advice === MADV_DONTNEED || advice === MADV_FREE) {
+      // MADV_FREE frees lazily in the kernel; with no reclaim pass between, hmmkit frees at once,
+      // which is what a later reclaim would do to the clean pages.
+      mmuNotifyRange(this, addr, end, MMU_NOTIFY.CLEAR);
+      for (const v of this.vmasIn(addr, end)) {
+        if (v.shared && advice === MADV_FREE) continue;
+        this.core.fault.zapRange(this, v, Math.max(addr, v.start), Math.min(end, v.end));
+      }
+      return;
+    }
+    for (const v of this.splitAt(addr, end)) {
+      if (advice === MADV_HUGEPAGE) v.flags = (v.flags | VM.HUGEPAGE) & ~VM.NOHUGEPAGE;
+      else if (advice === MADV_NOHUGEPAGE) v.flags = (v.flags | VM.NOHUGEPAGE) & ~VM.HUGEPAGE;
+      else if (advice === MADV_DONTFORK) v.flags |= VM.DONTCOPY;
+      else v.flags &= ~VM.DONTCOPY;
+    }
+  }
+
+  /** @internal Unmap a page-aligned range (no argument checks). */
+  munmapRange(start: number, end: number): void {
+    const hit = this.vmasIn(start, end);
+    if (hit.length === 0) return;
+    mmuNotifyRange(this, start, end, MMU_NOTIFY.UNMAP);
+    for (const v of this.splitAt(start, end)) {
+      this.core.fault.zapRange(this, v, v.start, v.end);
+      this.removeVma(v);
+    }
+    this.core.fault.freePgtables(this, start, end);
+  }
+
+  /** @internal Insert a VMA keeping order. */
+  insertVma(vma: Vma): void {
+    let i = 0;
+    while (i < this.vmas.length && (this.vmas[i] as Vma).start < vma.start) i++;
+    this.vmas.splice(i, 0, vma);
+  }
+
+  /** @internal Remove a VMA and drop its shmem reference. */
+  removeVma(vma: Vma): void {
+    const i = this.vmas.indexOf(vma);
+    if (i >= 0) this.vmas.splice(i, 1);
+    if (vma.shared) this.core.shmemVmaRef(vma.mapping, -1);
+  }
+
+  /**
+   * Split VMAs so that none straddles `start` or `end`; split PMD mappings at the edges.
+   * @returns the VMAs inside `[start, end)`.
+   * @internal
+   */
+  splitAt(start: number, end: number): Vma[] {
+    for (const edge of [start, end]) {
+      const v = this.findVma(edge);
+      if (v !== undefined && v.start < edge) {
+        this.core.huge.splitPmdAt(this, edge);
+        const right = v.slice(edge, v.end);
+        v.end = edge;
+        if (right.shared) this.core.shmemVmaRef(right.mapping, +1);
+        this.insertVma(right);
+      } else if (v === undefined) {
+        this.core.huge.splitPmdAt(this, edge);
+      }
+    }
+    return this.vmasIn(start, end);
+  }
+
+  private checkRange(addr: number, length: number): void {
+    if (!Number.isInteger(addr) || addr % PAGE_SIZE !== 0 || addr < 0) einval("addr", `a page-aligned address, got ${addr}`);
+    if (!Number.isInteger(length) || length <= 0 || addr + length > TASK_SIZE)
+      einval("length", `a positive length within TASK_SIZE, got ${length}`);
+  }
+
+  private checkFullyMapped(start: number, end: number, what: string): void {
+    let cur = start;
+    for (const v of this.vmasIn(start, end)) {
+      if (v.start > cur) break;
+      cur = v.end;
+    }
+    if (cur < end) throw new HmmError("ENOMEM", `${what}: [0x${start.toString(16)}, 0x${end.toString(16)}) is not fully mapped`, "addr");
+  }
+
+  private checkAlive(): void {
+    if (this.dead) throw new HmmError("EINVAL", "address space has exited", "mm");
+  }
+
+  private unmappedArea(len: number, align: number): number {
+    let top = MMAP_BASE;
+    for (let i = this.vmas.length - 1; i >= -1; i--) {
+      const v = this.vmas[i];
+      const floor = v === undefined ? MMAP_MIN_ADDR : v.end;
+      if (v !== undefined && v.start >= top) continue;
+      const candidate = Math.floor((top - len) / align) * align;
+      if (candidate >= floor) return candidate;
+      if (v !== undefined) top = Math.min(top, v.start);
+    }
+    throw new HmmError("ENOMEM", `no gap of ${len} bytes in the address space`, "length");
+  }
+}

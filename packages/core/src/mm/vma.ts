@@ -1,0 +1,115 @@
+/**
+ * Virtual memory areas and the mmap/mprotect/madvise constants.
+ *
+ * A VMA is a half-open page-aligned range `[start, end)` of one address space with one set of
+ * flags. Private anonymous VMAs carry an anon_vma id (shared with the VMAs forked from them, so
+ * the reverse map can find every mapping of a page); shared anonymous VMAs point to a shmem
+ * object. `pgoff` is the page index of `start` in that object (for anon: `start / PAGE_SIZE` at
+ * mmap time, kept across splits, as `vm_pgoff`).
+ *
+ * @see include/linux/mm_types.h (struct vm_area_struct), include/linux/mm.h (VM_* flags),
+ *      include/uapi/asm-generic/mman-common.h
+ */
+
+/** Page protections. @see include/uapi/asm-generic/mman-common.h */
+export const PROT_NONE = 0;
+/** @see PROT_READ */
+export const PROT_READ = 1;
+/** @see PROT_WRITE */
+export const PROT_WRITE = 2;
+/** @see PROT_EXEC */
+export const PROT_EXEC = 4;
+
+/** mmap flags. @see include/uapi/linux/mman.h */
+export const MAP_SHARED = 0x01;
+/** @see MAP_PRIVATE */
+export const MAP_PRIVATE = 0x02;
+/** @see MAP_FIXED */
+export const MAP_FIXED = 0x10;
+/** @see MAP_ANONYMOUS */
+export const MAP_ANONYMOUS = 0x20;
+
+/** madvise advice values. @see include/uapi/asm-generic/mman-common.h */
+export const MADV_DONTNEED = 4;
+/** @see MADV_FREE */
+export const MADV_FREE = 8;
+/** @see MADV_HUGEPAGE */
+export const MADV_HUGEPAGE = 14;
+/** @see MADV_NOHUGEPAGE */
+export const MADV_NOHUGEPAGE = 15;
+/** @see MADV_DONTFORK */
+export const MADV_DONTFORK = 10;
+/** @see MADV_DOFORK */
+export const MADV_DOFORK = 11;
+
+/** VMA flags, with the kernel's values. @see include/linux/mm.h */
+export const VM = {
+  READ: 0x1,
+  WRITE: 0x2,
+  EXEC: 0x4,
+  SHARED: 0x8,
+  PFNMAP: 0x400,
+  IO: 0x4000,
+  DONTCOPY: 0x20000,
+  MIXEDMAP: 0x10000000,
+  HUGEPAGE: 0x20000000,
+  NOHUGEPAGE: 0x40000000,
+} as const;
+
+/**
+ * One virtual memory area.
+ * @see struct vm_area_struct
+ */
+export class Vma {
+  /**
+   * @param start - first byte (page aligned).
+   * @param end - one past the last byte (page aligned).
+   * @param flags - {@link VM} bits.
+   * @param mapping - anon_vma id (private) or shmem object id (shared).
+   * @param pgoff - page index of `start` in `mapping`.
+   */
+  constructor(
+    public start: number,
+    public end: number,
+    public flags: number,
+    public mapping: number,
+    public pgoff: number,
+  ) {}
+
+  /** Whether the VMA is shared (shmem-backed). @returns VM_SHARED set. */
+  get shared(): boolean {
+    return (this.flags & VM.SHARED) !== 0;
+  }
+
+  /**
+   * The page index of `va` in the VMA's mapping.
+   * @param va - an address inside the VMA. @returns pgoff + (va - start) / PAGE_SIZE. @see linear_page_index
+   */
+  pageIndex(va: number): number {
+    return this.pgoff + Math.floor((va - this.start) / 4096);
+  }
+
+  /**
+   * The address at which page `index` of the mapping is mapped here.
+   * @param index - page index. @returns the address (may be outside the VMA). @see vma_address
+   */
+  addressOf(index: number): number {
+    return this.start + (index - this.pgoff) * 4096;
+  }
+
+  /**
+   * A copy with another range, for splits.
+   * @param start - new start. @param end - new end. @returns the copy.
+   */
+  slice(start: number, end: number): Vma {
+    return new Vma(start, end, this.flags, this.mapping, this.pgoff + Math.floor((start - this.start) / 4096));
+  }
+}
+
+/**
+ * Convert PROT_* bits to VM_* bits.
+ * @param prot - PROT_READ|WRITE|EXEC. @returns VM_READ|WRITE|EXEC. @see calc_vm_prot_bits
+ */
+export function protToVm(prot: number): number {
+  return (prot & PROT_READ ? VM.READ : 0) | (prot & PROT_WRITE ? VM.WRITE : 0) | (prot & PROT_EXEC ? VM.EXEC : 0);
+}

@@ -1,0 +1,399 @@
+/**
+ * The buddy allocator: one per zone, orders 0..MAX_PAGE_ORDER, with watermarks.
+ *
+ * Free blocks are kept on per-order doubly-linked lists threaded through the pages' LRU link
+ * fields (a free page is never on an LRU list, as in the kernel, where both use `page->lru`). A
+ * free block's head has PG_buddy and its order in `order`. Freeing merges a block with its buddy
+ * (`pfn ^ (1 << order)`) while the buddy is free at the same order, so fragmentation is real:
+ * scattered order-0 allocations stop order-9 allocations from succeeding until compaction moves
+ * them.
+ *
+ * Allocation takes the smallest non-empty order ≥ the request and splits it, returning the upper
+ * halves to the lists (expand). An allocation succeeds only if the zone's free pages stay at or
+ * above the requested watermark afterwards (`min` unless the caller asks otherwise); a zone below
+ * `low` asks for background reclaim through `onLowWatermark`; on failure `onAllocFail` may reclaim
+ * or compact and the allocation is retried once (the slow path).
+ *
+ * Refcounts: a block leaves the allocator with refcount 1 on its head (set_page_refcounted); it
+ * returns through {@link PageAllocator.freePages} only with refcount 0 and no mappings.
+ *
+ * @see mm/page_alloc.c (__rmqueue_smallest, expand, __free_one_page), mm/mmzone.c
+ */
+import { BugError, einval } from "../sim/errors";
+import type { VmStat } from "../sim/vmstat";
+import { MAX_PAGE_ORDER, type PageState, PG, type PhysRegion } from "./page-state";
+
+/** GFP-like allocation flags. @see include/linux/gfp_types.h */
+export const GFP = {
+  /** Zero the pages. @see __GFP_ZERO */
+  ZERO: 1 << 0,
+  /** Make an order > 0 block a compound folio. @see __GFP_COMP */
+  COMP: 1 << 1,
+  /** May dip below the min watermark (the kernel's ALLOC_HARDER/HIGH). @see __GFP_HIGH */
+  HIGH: 1 << 2,
+  /** Do not run the slow path (no reclaim or compaction). @see __GFP_NOWARN|~__GFP_DIRECT_RECLAIM */
+  NORETRY: 1 << 3,
+  /** Movable allocation: may come from a CMA area. @see __GFP_MOVABLE */
+  MOVABLE: 1 << 4,
+  /** Transparent-huge-page allocation (implies COMP). @see GFP_TRANSHUGE */
+  TRANSHUGE: (1 << 1) | (1 << 5),
+} as const;
+
+/** Watermark levels in pages. @see enum zone_watermarks */
+export interface Watermarks {
+  /** Below this, only HIGH allocations succeed. @see WMARK_MIN */
+  min: number;
+  /** Below this, background reclaim is woken. @see WMARK_LOW */
+  low: number;
+  /** Background reclaim stops above this. @see WMARK_HIGH */
+  high: number;
+}
+
+/**
+ * A zone: a range of pfns with its own free lists and watermarks.
+ * @see struct zone in include/linux/mmzone.h
+ */
+export class Zone {
+  /** Free-list heads per order, as pfn + 1 (0 = empty). */
+  readonly freeHead = new Float64Array(MAX_PAGE_ORDER + 1);
+  /** Number of free blocks per order. @see free_area.nr_free */
+  readonly nrFree = new Float64Array(MAX_PAGE_ORDER + 1);
+  /** Free base pages in the zone. @see NR_FREE_PAGES */
+  freePages = 0;
+  /** Watermarks in pages. */
+  readonly watermark: Watermarks;
+
+  /**
+   * @param id - index in the allocator.
+   * @param name - e.g. `"Normal"` or `"Movable"`.
+   * @param nid - node id.
+   * @param startPfn - first pfn.
+   * @param npages - pages spanned (= managed; hmmkit has no holes).
+   */
+  constructor(
+    readonly id: number,
+    readonly name: string,
+    readonly nid: number,
+    readonly startPfn: number,
+    readonly npages: number,
+  ) {
+    // The kernel's min_free_kbytes = sqrt(lowmem_kbytes * 16), clamped to [128 KiB, 256 MiB];
+    // low = min * 5/4, high = min * 3/2 (watermark_scale_factor aside).
+    const kbytes = npages * 4;
+    const minKb = Math.min(262144, Math.max(128, Math.floor(Math.sqrt(kbytes * 16))));
+    const min = Math.floor(minKb / 4);
+    this.watermark = { min, low: min + (min >> 2), high: min + (min >> 1) };
+  }
+
+  /**
+   * Whether `pfn` is in the zone.
+   * @param pfn - page.
+   * @returns true if startPfn ≤ pfn < startPfn + npages.
+   */
+  contains(pfn: number): boolean {
+    return pfn >= this.startPfn && pfn < this.startPfn + this.npages;
+  }
+}
+
+/** Hooks the mm layer installs for the allocator's slow path. */
+export interface AllocHooks {
+  /** Free pages fell below the low watermark: wake background reclaim. @see wakeup_kswapd */
+  onLowWatermark?: (zone: Zone) => void;
+  /** An allocation failed: reclaim or compact synchronously; return true to retry. @see __alloc_pages_slowpath */
+  onAllocFail?: (zone: Zone, order: number, gfp: number) => boolean;
+}
+
+/**
+ * The machine's page allocator over every RAM zone.
+ *
+ * Context: synchronous; never awaits.
+ * @see mm/page_alloc.c
+ */
+export class PageAllocator {
+  /** Zones, in pfn order. */
+  readonly zones: Zone[] = [];
+  /** Hooks for reclaim/compaction; set by the mm layer. */
+  hooks: AllocHooks = {};
+  private inSlowPath = false;
+
+  /**
+   * @param pages - per-page state.
+   * @param vmstat - counters (nr_free_pages, pgalloc_normal, pgfree).
+   */
+  constructor(
+    private readonly pages: PageState,
+    private readonly vmstat: VmStat,
+  ) {}
+
+  /**
+   * Create a zone over a RAM region and free all its pages into it.
+   * @param region - a RAM region of the page state.
+   * @param name - zone name.
+   * @returns the zone.
+   * @see free_area_init, memblock_free_all
+   */
+  addZone(region: PhysRegion, name = "Normal"): Zone {
+    if (region.kind !== "ram") einval("region", `a RAM region, got ${region.kind} ${region.name}`);
+    const z = new Zone(this.zones.length, name, region.nid, region.basePfn, region.npages);
+    this.zones.push(z);
+    this.pages.zone.fill(z.id, region.basePfn, region.basePfn + region.npages);
+    let pfn = region.basePfn;
+    const end = region.basePfn + region.npages;
+    while (pfn < end) {
+      let order = MAX_PAGE_ORDER;
+      while (order > 0 && (pfn % 2 ** order !== 0 || pfn + 2 ** order > end)) order--;
+      this.pushFree(z, pfn, order);
+      z.freePages += 2 ** order;
+      this.vmstat.c.nr_free_pages += 2 ** order;
+      pfn += 2 ** order;
+    }
+    return z;
+  }
+
+  /** Total free pages over all zones. */
+  get nrFreePages(): number {
+    let n = 0;
+    for (const z of this.zones) n += z.freePages;
+    return n;
+  }
+
+  /** Total pages managed over all zones. */
+  get totalPages(): number {
+    let n = 0;
+    for (const z of this.zones) n += z.npages;
+    return n;
+  }
+
+  /**
+   * Allocate `2^order` contiguous, naturally aligned pages.
+   * @param order - 0..MAX_PAGE_ORDER.
+   * @param gfp - {@link GFP} flags.
+   * @param nid - preferred node (-1: any, lowest first).
+   * @returns the head pfn with refcount 1, or -1 when no block is free (the kernel's NULL).
+   * @throws HmmError EINVAL if `order` is out of range.
+   * @see __alloc_pages, alloc_pages
+   */
+  allocPages(order: number, gfp = 0, nid = -1): number {
+    if (!Number.isInteger(order) || order < 0 || order > MAX_PAGE_ORDER) {
+      einval("order", `an integer in 0..${MAX_PAGE_ORDER}, got ${order}`);
+    }
+    let pfn = this.tryZones(order, gfp, nid);
+    if (pfn < 0 && !(gfp & GFP.NORETRY) && this.hooks.onAllocFail && !this.inSlowPath) {
+      this.inSlowPath = true;
+      try {
+        for (let attempt = 0; attempt < 2 && pfn < 0; attempt++) {
+          let retry = false;
+          for (const z of this.zones) if ((nid < 0 || z.nid === nid) && this.hooks.onAllocFail(z, order, gfp)) retry = true;
+          if (!retry) break;
+          pfn = this.tryZones(order, gfp, nid);
+        }
+      } finally {
+        this.inSlowPath = false;
+      }
+    }
+    if (pfn < 0) return -1;
+    this.prepNewPage(pfn, order, gfp);
+    return pfn;
+  }
+
+  private tryZones(order: number, gfp: number, nid: number): number {
+    for (const z of this.zones) {
+      if (nid >= 0 && z.nid !== nid) continue;
+      const pfn = this.rmqueue(z, order, gfp);
+      if (pfn >= 0) return pfn;
+    }
+    if (nid >= 0) {
+      for (const z of this.zones) {
+        if (z.nid === nid) continue;
+        const pfn = this.rmqueue(z, order, gfp);
+        if (pfn >= 0) return pfn;
+      }
+    }
+    return -1;
+  }
+
+  /**
+   * Take a specific free block out of the allocator (for a CMA or reservation path that already
+   * knows which pages it wants).
+   * @param pfn - aligned head of the wanted block.
+   * @param order - its order.
+   * @returns true if every page of the block was free and is now allocated (refcount 1 on head).
+   * @see alloc_contig_range (isolate_freepages_range)
+   */
+  allocRange(pfn: number, order: number, gfp = 0): boolean {
+    const n = 2 ** order;
+    const z = this.zones[this.pages.zone[pfn] as number];
+    if (z === undefined || !z.contains(pfn) || !z.contains(pfn + n - 1)) return false;
+    // Every page must lie inside a free block.
+    for (let p = pfn; p < pfn + n; ) {
+      const head = this.freeBlockOf(p);
+      if (head < 0) return false;
+      p = head + 2 ** (this.pages.order[head] as number);
+    }
+    for (let p = pfn; p < pfn + n; ) {
+      const head = this.freeBlockOf(p);
+      const o = this.pages.order[head] as number;
+      this.delFree(z, head, o);
+      z.freePages -= 2 ** o;
+      this.vmstat.c.nr_free_pages -= 2 ** o;
+      // Give back the parts of the block outside [pfn, pfn+n).
+      this.carve(z, head, o, pfn, pfn + n);
+      p = head + 2 ** o;
+    }
+    this.prepNewPage(pfn, order, gfp);
+    return true;
+  }
+
+  /**
+   * Whether `pfn` is currently free (inside a free buddy block).
+   * @param pfn - page.
+   * @returns true if free. @see PageBuddy, page_is_buddy
+   */
+  isFree(pfn: number): boolean {
+    return this.freeBlockOf(pfn) >= 0;
+  }
+
+  /**
+   * Return a block to its zone, merging with free buddies.
+   * @param pfn - head of the block (a folio head for compound pages).
+   * @param order - the block's order.
+   * @throws BugError `double-free` if the page is already free, `bad-page` if it is mapped,
+   *   locked, referenced or on an LRU list.
+   * @see __free_pages, __free_one_page, free_pages_prepare (bad_page)
+   */
+  freePages(pfn: number, order: number): void {
+    const ps = this.pages;
+    const n = 2 ** order;
+    const z = this.zones[ps.zone[pfn] as number];
+    if (z === undefined || !z.contains(pfn)) throw new BugError("bad-page", `free of pfn ${pfn}, which is not in a RAM zone`);
+    for (let p = pfn; p < pfn + n; p++) {
+      const f = ps.flags[p] as number;
+      if (f & PG.buddy || this.freeBlockOf(p) >= 0) throw new BugError("double-free", `pfn ${p} freed twice`);
+      if (f & (PG.locked | PG.lru | PG.reserved) || (ps.mapcount[p] as number) !== 0 || (ps.refcount[p] as number) !== 0) {
+        throw new BugError(
+          "bad-page",
+          `freeing pfn ${p} in a bad state: flags=0x${f.toString(16)} refcount=${ps.refcount[p]} mapcount=${ps.mapcount[p]}`,
+        );
+      }
+    }
+    if (ps.flags[pfn] !== undefined && (ps.flags[pfn] as number) & PG.head) ps.clearCompound(pfn, order);
+    for (let p = pfn; p < pfn + n; p++) {
+      ps.flags[p] = 0;
+      ps.mapping[p] = 0;
+      ps.index[p] = 0;
+      ps.private[p] = 0;
+      ps.pincount[p] = 0;
+      ps.owner[p] = 0;
+    }
+    z.freePages += n;
+    this.vmstat.c.nr_free_pages += n;
+    this.vmstat.c.pgfree += n;
+    let head = pfn;
+    let o = order;
+    while (o < MAX_PAGE_ORDER) {
+      const buddy = head ^ (2 ** o);
+      if (!z.contains(buddy)) break;
+      const bf = ps.flags[buddy] as number;
+      if (!(bf & PG.buddy) || (ps.order[buddy] as number) !== o) break;
+      this.delFree(z, buddy, o);
+      head = Math.min(head, buddy);
+      o++;
+    }
+    this.pushFree(z, head, o);
+  }
+
+  /**
+   * The zone a pfn belongs to.
+   * @param pfn - page.
+   * @returns the zone or undefined (device memory).
+   */
+  zoneOf(pfn: number): Zone | undefined {
+    return this.zones[this.pages.zone[pfn] as number];
+  }
+
+  private freeBlockOf(pfn: number): number {
+    const ps = this.pages;
+    for (let o = 0; o <= MAX_PAGE_ORDER; o++) {
+      const head = pfn - (pfn % 2 ** o);
+      const f = ps.flags[head] as number;
+      if (f & PG.buddy && (ps.order[head] as number) >= o) {
+        return head + 2 ** (ps.order[head] as number) > pfn ? head : -1;
+      }
+    }
+    return -1;
+  }
+
+  private carve(z: Zone, head: number, order: number, lo: number, hi: number): void {
+    const n = 2 ** order;
+    if (head >= lo && head + n <= hi) return;
+    if (head + n <= lo || head >= hi) {
+      this.pushFree(z, head, order);
+      z.freePages += n;
+      this.vmstat.c.nr_free_pages += n;
+      return;
+    }
+    const half = order - 1;
+    this.carve(z, head, half, lo, hi);
+    this.carve(z, head + 2 ** half, half, lo, hi);
+  }
+
+  private rmqueue(z: Zone, order: number, gfp: number): number {
+    const n = 2 ** order;
+    const wm = gfp & GFP.HIGH ? z.watermark.min >> 1 : z.watermark.min;
+    if (z.freePages - n < wm) return -1;
+    let o = order;
+    while (o <= MAX_PAGE_ORDER && (z.freeHead[o] as number) === 0) o++;
+    if (o > MAX_PAGE_ORDER) return -1;
+    const pfn = (z.freeHead[o] as number) - 1;
+    this.delFree(z, pfn, o);
+    // expand: return upper halves
+    while (o > order) {
+      o--;
+      this.pushFree(z, pfn + 2 ** o, o);
+    }
+    z.freePages -= n;
+    this.vmstat.c.nr_free_pages -= n;
+    if (z.freePages < z.watermark.low && this.hooks.onLowWatermark) this.hooks.onLowWatermark(z);
+    return pfn;
+  }
+
+  private prepNewPage(pfn: number, order: number, gfp: number): void {
+    const ps = this.pages;
+    const n = 2 ** order;
+    for (let p = pfn; p < pfn + n; p++) {
+      ps.flags[p] = 0;
+      ps.refcount[p] = 0;
+      ps.mapcount[p] = 0;
+      ps.order[p] = 0;
+    }
+    ps.refcount[pfn] = 1;
+    if (order > 0 && gfp & GFP.COMP) ps.prepCompound(pfn, order);
+    this.vmstat.c.pgalloc_normal += n;
+  }
+
+  private pushFree(z: Zone, pfn: number, order: number): void {
+    const ps = this.pages;
+    ps.flags[pfn] = PG.buddy;
+    ps.order[pfn] = order;
+    const head = z.freeHead[order] as number;
+    ps.lruPrev[pfn] = 0;
+    ps.lruNext[pfn] = head;
+    if (head !== 0) ps.lruPrev[head - 1] = pfn + 1;
+    z.freeHead[order] = pfn + 1;
+    z.nrFree[order] = (z.nrFree[order] as number) + 1;
+  }
+
+  private delFree(z: Zone, pfn: number, order: number): void {
+    const ps = this.pages;
+    const prev = ps.lruPrev[pfn] as number;
+    const next = ps.lruNext[pfn] as number;
+    if (prev !== 0) ps.lruNext[prev - 1] = next;
+    else z.freeHead[order] = next;
+    if (next !== 0) ps.lruPrev[next - 1] = prev;
+    ps.lruPrev[pfn] = 0;
+    ps.lruNext[pfn] = 0;
+    ps.flags[pfn] = (ps.flags[pfn] as number) & ~PG.buddy;
+    ps.order[pfn] = 0;
+    z.nrFree[order] = (z.nrFree[order] as number) - 1;
+  }
+}

@@ -1,0 +1,101 @@
+/**
+ * Errors: errno-coded API errors and broken-invariant bugs.
+ *
+ * Models the kernel's two ways of failing: a negative errno returned to a caller that misused an
+ * API (include/uapi/asm-generic/errno-base.h), and `VM_BUG_ON`/`WARN_ON` for a broken invariant
+ * (include/linux/mmdebug.h). API misuse throws {@link HmmError} with a stable `code` and leaves all
+ * state unchanged; a broken invariant throws {@link BugError}, which is never caught to carry on.
+ */
+
+/** errno values used by hmmkit, with the numbers of include/uapi/asm-generic/errno-base.h. */
+export const ERRNO = {
+  EPERM: 1,
+  ENOENT: 2,
+  EINTR: 4,
+  EIO: 5,
+  ENOMEM: 12,
+  EAGAIN: 11,
+  EFAULT: 14,
+  EBUSY: 16,
+  EEXIST: 17,
+  ENODEV: 19,
+  EINVAL: 22,
+  ENOSPC: 28,
+  ERANGE: 34,
+  EOPNOTSUPP: 95,
+  EHWPOISON: 133,
+} as const;
+
+/** The name of an errno, e.g. `"EINVAL"`. */
+export type Errno = keyof typeof ERRNO;
+
+/**
+ * An API error with an errno-style code and a message naming the offending argument.
+ *
+ * Thrown for misuse and bad input; the operation that threw changed no state.
+ * @see include/uapi/asm-generic/errno-base.h
+ */
+export class HmmError extends Error {
+  /** The errno name, stable across releases (match on this, not on the message). */
+  readonly code: Errno;
+  /** The argument (or field path) the error is about, when there is one. */
+  readonly arg: string | undefined;
+
+  /**
+   * @param code - errno name.
+   * @param message - what was wrong and what was expected.
+   * @param arg - the offending argument or field, named in the message too.
+   */
+  constructor(code: Errno, message: string, arg?: string) {
+    super(`${code}: ${message}`);
+    this.name = "HmmError";
+    this.code = code;
+    this.arg = arg;
+  }
+
+  /** The negative errno number, as a kernel function would return it. */
+  get errno(): number {
+    return -ERRNO[this.code];
+  }
+}
+
+/**
+ * A broken invariant: the emulator caught a bug in hmmkit or in a driver (double free, DMA to an
+ * unmapped page, a leaked page lock). Never caught to carry on.
+ * @see VM_BUG_ON in include/linux/mmdebug.h
+ */
+export class BugError extends Error {
+  /** A short stable identifier of the check that fired, e.g. `"double-free"`. */
+  readonly check: string;
+  /**
+   * @param check - stable identifier of the check.
+   * @param message - what was found.
+   */
+  constructor(check: string, message: string) {
+    super(`BUG(${check}): ${message}`);
+    this.name = "BugError";
+    this.check = check;
+  }
+}
+
+/**
+ * Throw an {@link HmmError} with code EINVAL naming `arg`.
+ * @param arg - the argument's name.
+ * @param expected - what was expected of it.
+ * @throws HmmError always.
+ */
+export function einval(arg: string, expected: string): never {
+  throw new HmmError("EINVAL", `${arg}: ${expected}`, arg);
+}
+
+/**
+ * Check a broken-invariant condition, like `VM_BUG_ON`.
+ * @param cond - must be true.
+ * @param check - stable identifier of the check.
+ * @param message - what is wrong when `cond` is false.
+ * @throws BugError when `cond` is false.
+ * @see VM_BUG_ON in include/linux/mmdebug.h
+ */
+export function bugOn(cond: boolean, check: string, message: string): asserts cond {
+  if (!cond) throw new BugError(check, message);
+}

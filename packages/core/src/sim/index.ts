@@ -1,0 +1,10 @@
+/**
+ * The simulation kernel: virtual time, randomness, errors, tracepoints, counters, DI tokens.
+ * @packageDocumentation
+ */
+export { Fence, SimClock, type SimEvent } from "./clock";
+export { BugError, bugOn, ERRNO, type Errno, einval, HmmError } from "./errors";
+export { type CoreEvents, TraceBus } from "./events";
+export { Rng } from "./rng";
+export { createToken, type Token } from "./tokens";
+export { type VmCounters, VmStat, type VmStatName } from "./vmstat";
