@@ -4,6 +4,14 @@
  * @packageDocumentation
  */
 export { type MachineConfig, type MachineConfigResolved, type ThpMode, validateMachineConfig } from "./config";
+export {
+  HMM_PFN,
+  HMM_RANGE_DEFAULT_TIMEOUT,
+  type HmmRange,
+  hmmPfnToMapOrder,
+  hmmPfnToPfn,
+  hmmRangeFault,
+} from "./hmm/hmm";
 export { Machine } from "./machine";
 export {
   DevPagemap,
@@ -15,6 +23,16 @@ export {
   VM_FAULT,
   type VmFault,
 } from "./memremap/memremap";
+export {
+  MIGRATE_PFN,
+  MIGRATE_PFN_SHIFT,
+  MIGRATE_VMA_SELECT,
+  MigrateDevice,
+  type MigrateVma,
+  migratePfn,
+  migratePfnToPfn,
+  mpfnFlags,
+} from "./migrate/migrate-device";
 export { FAULT_FALLBACK, FaultHandler } from "./mm/fault";
 export { Forker } from "./mm/fork";
 export { HugeMemory } from "./mm/huge-memory";
@@ -75,7 +93,6 @@ export {
   VM,
   Vma,
 } from "./mm/vma";
-
 export {
   Contents,
   GFP,

@@ -10,6 +10,8 @@
 import "reflect-metadata";
 import { container, type DependencyContainer } from "tsyringe";
 import { type MachineConfig, type MachineConfigResolved, validateMachineConfig } from "./config";
+import type { Memremap } from "./memremap/memremap";
+import type { MigrateDevice } from "./migrate/migrate-device";
 import { MmCore } from "./mm/mm-core";
 import { Contents } from "./phys/contents";
 import { PageAllocator } from "./phys/page-alloc";
@@ -107,6 +109,16 @@ export class Machine {
    */
   settle<T>(p: Promise<T>): Promise<T> {
     return this.clock.settle(p);
+  }
+
+  /** ZONE_DEVICE registry: memremapPages / memunmapPages. @see mm/memremap.c */
+  get memremap(): Memremap {
+    return this.mm.memremap;
+  }
+
+  /** Device migration: migrate_vma_* and migrate_device_*. @see mm/migrate_device.c */
+  get migrate(): MigrateDevice {
+    return this.mm.migrate;
   }
 
   /** Whether {@link Machine.dispose} ran. */

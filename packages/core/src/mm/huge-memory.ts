@@ -303,6 +303,41 @@ export class HugeMemory {
     return true;
   }
 
+  /**
+   * Split a large folio that nothing maps (it is under migration: locked, one reference, its
+   * mappings replaced by migration entries). Every base page ends locked with one reference,
+   * as the folio was.
+   * @param head - folio head (locked, refcount 1, mapcount 0). @returns false if it has other references.
+   * @see folio_split_unmapped
+   */
+  splitUnmappedFolio(head: number): boolean {
+    const core = this.core;
+    const ps = core.pages;
+    const n = ps.folioNrPages(head);
+    if (n === 1) return true;
+    if ((ps.refcount[head] as number) !== 1 || core.rmap.folioMapcount(head) !== 0) return false;
+    const inherit =
+      (ps.flags[head] as number) &
+      (PG.anon | PG.swapbacked | PG.uptodate | PG.dirty | PG.zoneDevice | PG.anonExclusive | PG.isolated | PG.locked);
+    const order = ps.order[head] as number;
+    ps.pincount[head + 1] = 0;
+    ps.clearCompound(head, order);
+    const pg = inherit & PG.zoneDevice ? core.memremap.pgmapOf(head) : undefined;
+    for (let i = 1; i < n; i++) {
+      const p = head + i;
+      ps.flags[p] = ((ps.flags[p] as number) & ~(PG.head | PG.tail)) | inherit;
+      ps.mapping[p] = ps.mapping[head] as number;
+      ps.index[p] = (ps.index[head] as number) + i;
+      ps.pgmap[p] = ps.pgmap[head] as number;
+      ps.refcount[p] = 1;
+      pg?.ops.folioSplit?.(head, p);
+    }
+    pg?.ops.folioSplit?.(head, -1);
+    core.vmstat.c.thp_split_page++;
+    if (core.bus.wants("mm_split_huge_page")) core.bus.emit("mm_split_huge_page", { pfn: head });
+    return true;
+  }
+
   /** @internal Make a huge device-private PMD entry. */
   mkDevicePrivatePmd(pfn: number, write: boolean): number {
     return mkSwpEntry(SWP.DEVICE_PRIVATE, pfn, write) + PTE.HUGE;

@@ -76,7 +76,7 @@ export class Lru {
     else v.tail[id] = head + 1;
     v.head[id] = head + 1;
     v.nrPages[id] = (v.nrPages[id] as number) + ps.folioNrPages(head);
-    ps.flags[head] = (f | PG.lru | (active ? PG.active : 0)) & ~(active ? 0 : PG.active);
+    ps.flags[head] = (f | PG.lru | (active ? PG.active : 0)) & ~(active ? PG.isolated : PG.active | PG.isolated);
   }
 
   /**
@@ -115,6 +115,17 @@ export class Lru {
     ps.flags[head] = (ps.flags[head] as number) | PG.isolated;
     ps.refcount[head] = (ps.refcount[head] as number) + 1;
     return true;
+  }
+
+  /**
+   * Return an isolated folio to the LRU and drop the isolation reference.
+   * @param head - an isolated folio head.
+   * @param put - drops a reference (the caller's PageRefs.putPage).
+   * @see folio_putback_lru
+   */
+  putback(head: number, put: (pfn: number) => void): void {
+    this.add(head);
+    put(head);
   }
 
   /**

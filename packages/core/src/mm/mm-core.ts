@@ -15,6 +15,7 @@
 import { inject, injectable } from "tsyringe";
 import type { MachineConfigResolved } from "../config";
 import { Memremap, VM_FAULT } from "../memremap/memremap";
+import { MigrateDevice } from "../migrate/migrate-device";
 import type { Contents } from "../phys/contents";
 import type { PageAllocator } from "../phys/page-alloc";
 import { PAGE_SIZE, type PageState, PG } from "../phys/page-state";
@@ -72,6 +73,8 @@ export class MmCore {
   readonly forker: Forker;
   /** ZONE_DEVICE registry. */
   readonly memremap: Memremap;
+  /** Device migration (migrate_vma_*, migrate_device_*). */
+  readonly migrate: MigrateDevice;
   /** The zero page's pfn. @see ZERO_PAGE */
   zeroPfn = -1;
   /** Live tasks by pid. */
@@ -105,6 +108,7 @@ export class MmCore {
     this.huge = new HugeMemory(this);
     this.forker = new Forker(this);
     this.memremap = new Memremap(pages);
+    this.migrate = new MigrateDevice(this);
   }
 
   /**
