@@ -873,10 +873,16 @@ export class MigrateDevice {
     const abort = () => {
       src[idx] = clrF(src[idx] as number, MIGRATE_PFN.MIGRATE);
     };
-    if (vma.shared || mm.findVma(addr) !== vma) return abort();
+    if (vma.shared || mm.findVma(addr) !== vma) {
+      abort();
+      return;
+    }
     const dp = migratePfnToPfn(dst[idx] as number);
     const pg = core.memremap.pgmapOf(dp);
-    if (pg !== undefined && pg.type !== MEMORY_DEVICE_PRIVATE && pg.type !== MEMORY_DEVICE_COHERENT) return abort();
+    if (pg !== undefined && pg.type !== MEMORY_DEVICE_PRIVATE && pg.type !== MEMORY_DEVICE_COHERENT) {
+      abort();
+      return;
+    }
     const isPrivate = pg?.type === MEMORY_DEVICE_PRIVATE;
     const w = (vma.flags & VM.WRITE) !== 0;
     if (hasF(dst[idx] as number, MIGRATE_PFN.COMPOUND)) {
@@ -904,11 +910,17 @@ export class MigrateDevice {
     }
     const pmd = mm.pt.getPmd(addr);
     if (pmd !== 0 && isHuge(pmd)) {
-      if (!(isPresent(pmd) && core.huge.isHugeZeroPfn(entryPayload(pmd)))) return abort();
+      if (!(isPresent(pmd) && core.huge.isHugeZeroPfn(entryPayload(pmd)))) {
+        abort();
+        return;
+      }
       core.huge.splitHugePmd(mm, addr - (addr % PMD_SIZE));
     }
     const orig = mm.pt.getPte(addr);
-    if (orig !== 0 && !(isPresent(orig) && entryPayload(orig) === core.zeroPfn)) return abort();
+    if (orig !== 0 && !(isPresent(orig) && entryPayload(orig) === core.zeroPfn)) {
+      abort();
+      return;
+    }
     ps.flags[dp] = (ps.flags[dp] as number) | PG.uptodate;
     core.rmap.addNewAnon(dp, vma.mapping, vma.pageIndex(addr), false);
     if (pg === undefined) {
