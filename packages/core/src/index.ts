@@ -113,3 +113,4 @@ export {
 } from "./phys/index";
 export { BugError, bugOn, type CoreEvents, ERRNO, type Errno, einval, Fence, HmmError, Rng, SimClock, TraceBus, VmStat } from "./sim/index";
 export { TOKENS } from "./tokens";
+export { type DeviceExclusiveResult, makeDeviceExclusive } from "./mm/device-exclusive";
