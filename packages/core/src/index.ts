@@ -20,6 +20,8 @@ export {
   MEMORY_DEVICE_COHERENT,
   MEMORY_DEVICE_PRIVATE,
   Memremap,
+  type PgmapRange,
+  type PgmapSize,
   VM_FAULT,
   type VmFault,
 } from "./memremap/memremap";
@@ -33,6 +35,7 @@ export {
   migratePfnToPfn,
   mpfnFlags,
 } from "./migrate/migrate-device";
+export { type DeviceExclusiveResult, makeDeviceExclusive } from "./mm/device-exclusive";
 export { FAULT_FALLBACK, FaultHandler } from "./mm/fault";
 export { Forker } from "./mm/fork";
 export { HugeMemory } from "./mm/huge-memory";
@@ -94,6 +97,7 @@ export {
   Vma,
 } from "./mm/vma";
 export {
+  type AllocHooks,
   Contents,
   GFP,
   GUP_PIN_COUNTING_BIAS,
@@ -109,8 +113,30 @@ export {
   PG,
   type PhysContext,
   type PhysRegion,
+  type RegionKind,
+  type Watermarks,
   Zone,
 } from "./phys/index";
-export { BugError, bugOn, type CoreEvents, ERRNO, type Errno, einval, Fence, HmmError, Rng, SimClock, TraceBus, VmStat } from "./sim/index";
+export type { BugEvent, HmmRangeFaultEvent, MigratePagesEvent, PageAllocEvent, PageFaultEvent, SplitHugePageEvent } from "./sim/events";
+export {
+  BugError,
+  bugOn,
+  type CoreEvents,
+  createToken,
+  ERRNO,
+  type Errno,
+  einval,
+  Fence,
+  HmmError,
+  Rng,
+  SimClock,
+  type SimEvent,
+  type Token,
+  type TokenBrand,
+  TraceBus,
+  type VmCounters,
+  VmStat,
+  type VmStatName,
+  zeroCounters,
+} from "./sim/index";
 export { TOKENS } from "./tokens";
-export { type DeviceExclusiveResult, makeDeviceExclusive } from "./mm/device-exclusive";

@@ -82,6 +82,20 @@ export interface DevPagemapOps {
   memoryFailure?(pgmap: DevPagemap, pfn: number, nr: number, flags: number): number;
 }
 
+/** An existing device region's pfns for {@link DevPagemapInit.range}. @see struct range */
+export interface PgmapRange {
+  /** First pfn: the start of a device region (e.g. a GPU's VRAM). */
+  startPfn: number;
+  /** Number of pages. */
+  npages: number;
+}
+
+/** A size for which memremapPages reserves fake physical address space. @see request_free_mem_region */
+export interface PgmapSize {
+  /** Number of pages, a multiple of 512. */
+  npages: number;
+}
+
 /** What a driver passes to {@link Memremap.memremapPages}. @see struct dev_pagemap */
 export interface DevPagemapInit {
   /** MEMORY_DEVICE_PRIVATE or MEMORY_DEVICE_COHERENT. */
@@ -94,7 +108,7 @@ export interface DevPagemapInit {
    * The range: an existing device region's pfns (e.g. a GPU's VRAM), or a page count for which a
    * fresh range of fake physical address space is reserved (as request_free_mem_region does).
    */
-  range: { startPfn: number; npages: number } | { npages: number };
+  range: PgmapRange | PgmapSize;
   /** Label for dumps. */
   name?: string;
 }

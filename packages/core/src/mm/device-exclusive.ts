@@ -16,7 +16,7 @@
 import { PAGE_SIZE } from "../phys/page-state";
 import { ERRNO, einval } from "../sim/errors";
 import type { Mm } from "./mm";
-import { MMU_NOTIFY, mmuNotifierInvalidateRangeEnd, mmuNotifierInvalidateRangeStart, type MmuNotifierRange } from "./mmu-notifier";
+import { MMU_NOTIFY, type MmuNotifierRange, mmuNotifierInvalidateRangeEnd, mmuNotifierInvalidateRangeStart } from "./mmu-notifier";
 import { entryPayload, isHuge, isPresent, isWrite, mkSwpEntry, PMD_SIZE, SWP } from "./page-table";
 import { VM } from "./vma";
 

@@ -367,7 +367,7 @@ export class FaultHandler {
    * Apply a VMA's new protection to its entries: drop write permission, hide (PROT_NONE) or
    * re-expose present entries. Write permission is never added here: the next write faults and
    * COW decides (as the kernel does for private mappings it cannot prove exclusive).
-   * @param mm - address space. @param vma - the VMA (edges split). @param start - first byte.
+   * @param mm - address space. @param _vma - the VMA (edges split). @param start - first byte.
    * @param end - one past last. @param newVm - new VM_READ/WRITE/EXEC bits.
    * @see change_protection, change_pte_range, change_huge_pmd
    */

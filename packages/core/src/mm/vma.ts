@@ -44,15 +44,25 @@ export const MADV_DOFORK = 11;
 
 /** VMA flags, with the kernel's values. @see include/linux/mm.h */
 export const VM = {
+  /** Readable. @see VM_READ */
   READ: 0x1,
+  /** Writable. @see VM_WRITE */
   WRITE: 0x2,
+  /** Executable. @see VM_EXEC */
   EXEC: 0x4,
+  /** Shared mapping (shmem-backed here). @see VM_SHARED */
   SHARED: 0x8,
+  /** Raw pfn mapping without struct pages; migration refuses it. @see VM_PFNMAP */
   PFNMAP: 0x400,
+  /** Memory-mapped I/O; migration and hmm_range_fault refuse it. @see VM_IO */
   IO: 0x4000,
+  /** Not copied on fork (MADV_DONTFORK). @see VM_DONTCOPY */
   DONTCOPY: 0x20000,
+  /** Mixed pfn/page mapping (a driver's vm_insert_page); migration refuses it. @see VM_MIXEDMAP */
   MIXEDMAP: 0x10000000,
+  /** MADV_HUGEPAGE. @see VM_HUGEPAGE */
   HUGEPAGE: 0x20000000,
+  /** MADV_NOHUGEPAGE. @see VM_NOHUGEPAGE */
   NOHUGEPAGE: 0x40000000,
 } as const;
 

@@ -9,20 +9,35 @@
 
 /** errno values used by hmmkit, with the numbers of include/uapi/asm-generic/errno-base.h. */
 export const ERRNO = {
+  /** Operation not permitted (e.g. a write fault on a read-only range). */
   EPERM: 1,
+  /** No such entry (e.g. nothing to migrate, no mirror entry). */
   ENOENT: 2,
+  /** Interrupted. */
   EINTR: 4,
+  /** I/O error (e.g. a failed DMA). */
   EIO: 5,
-  ENOMEM: 12,
+  /** Try again. */
   EAGAIN: 11,
+  /** Out of memory. */
+  ENOMEM: 12,
+  /** Bad address (no VMA, access denied, unresolvable fault). */
   EFAULT: 14,
+  /** Busy (a pinned page, a raced sequence count, a page that cannot move). */
   EBUSY: 16,
+  /** Already exists. */
   EEXIST: 17,
+  /** No such device. */
   ENODEV: 19,
+  /** Invalid argument. */
   EINVAL: 22,
+  /** No space left (swap, pool). */
   ENOSPC: 28,
+  /** Out of range. */
   ERANGE: 34,
+  /** Not supported. */
   EOPNOTSUPP: 95,
+  /** Memory page has a hardware error. */
   EHWPOISON: 133,
 } as const;
 

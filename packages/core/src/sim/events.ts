@@ -10,26 +10,76 @@
  */
 import { EventEmitter } from "eventemitter3";
 
+/** Payload of `page_fault_user`. */
+export interface PageFaultEvent {
+  /** Address-space id. */
+  readonly mm: number;
+  /** Faulting address. */
+  readonly address: number;
+  /** Whether it was a write. */
+  readonly write: boolean;
+}
+
+/** Payload of `mm_page_alloc` / `mm_page_free`. */
+export interface PageAllocEvent {
+  /** First pfn of the block. */
+  readonly pfn: number;
+  /** Block order. */
+  readonly order: number;
+}
+
+/** Payload of `mm_migrate_pages`. */
+export interface MigratePagesEvent {
+  /** Base pages migrated. */
+  readonly succeeded: number;
+  /** Base pages that stayed. */
+  readonly failed: number;
+  /** Why they moved (the kernel's migrate_reason, as text). */
+  readonly reason: string;
+}
+
+/** Payload of `hmm_range_fault`. */
+export interface HmmRangeFaultEvent {
+  /** Address-space id. */
+  readonly mm: number;
+  /** First byte. */
+  readonly start: number;
+  /** One past the last byte. */
+  readonly end: number;
+  /** 0 or a negative errno. */
+  readonly result: number;
+}
+
+/** Payload of `mm_split_huge_page`. */
+export interface SplitHugePageEvent {
+  /** Head pfn of the folio that was split. */
+  readonly pfn: number;
+}
+
+/** Payload of `didDetectBug`. */
+export interface BugEvent {
+  /** The check's stable id. */
+  readonly check: string;
+  /** What was found. */
+  readonly message: string;
+}
+
 /** Tracepoints emitted by hmmkit core. Each payload is readonly. */
 export interface CoreEvents {
-  /** A task's page fault was handled. @see trace_mm_... (x86 exceptions:page_fault_user) */
-  page_fault_user: readonly [{ readonly mm: number; readonly address: number; readonly write: boolean }];
+  /** A task's page fault was handled. @see the x86 `page_fault_user` tracepoint (exceptions.h) */
+  page_fault_user: readonly [PageFaultEvent];
   /** Pages were allocated from the buddy allocator. @see trace_mm_page_alloc */
-  mm_page_alloc: readonly [{ readonly pfn: number; readonly order: number }];
+  mm_page_alloc: readonly [PageAllocEvent];
   /** Pages were returned to the buddy allocator. @see trace_mm_page_free */
-  mm_page_free: readonly [{ readonly pfn: number; readonly order: number }];
+  mm_page_free: readonly [PageAllocEvent];
   /** A migrate_vma / migrate_device batch finished. @see trace_mm_migrate_pages */
-  mm_migrate_pages: readonly [{ readonly succeeded: number; readonly failed: number; readonly reason: string }];
+  mm_migrate_pages: readonly [MigratePagesEvent];
   /** hmm_range_fault returned. (No kernel tracepoint; named after the function.) */
-  hmm_range_fault: readonly [{ readonly mm: number; readonly start: number; readonly end: number; readonly result: number }];
+  hmm_range_fault: readonly [HmmRangeFaultEvent];
   /** A THP was split. @see trace_mm_split_huge_page (huge_memory.h) */
-  mm_split_huge_page: readonly [{ readonly pfn: number }];
-  /** An mmu notifier invalidation began. @see trace_mmu_notifier (none upstream; named after mmu_notifier_invalidate_range_start) */
-  mmu_notifier_invalidate_range_start: readonly [
-    { readonly mm: number; readonly start: number; readonly end: number; readonly event: number },
-  ];
-  /** A bug check fired (also thrown). */
-  didDetectBug: readonly [{ readonly check: string; readonly message: string }];
+  mm_split_huge_page: readonly [SplitHugePageEvent];
+  /** A bug check fired (it is also thrown). */
+  didDetectBug: readonly [BugEvent];
 }
 
 /**

@@ -6,5 +6,5 @@ export { Fence, SimClock, type SimEvent } from "./clock";
 export { BugError, bugOn, ERRNO, type Errno, einval, HmmError } from "./errors";
 export { type CoreEvents, TraceBus } from "./events";
 export { Rng } from "./rng";
-export { createToken, type Token } from "./tokens";
+export { createToken, type Token, type TokenBrand } from "./tokens";
 export { type VmCounters, VmStat, type VmStatName } from "./vmstat";

@@ -8,7 +8,13 @@
 import type { InjectionToken } from "tsyringe";
 
 /** A typed injection token: a unique symbol that remembers the service type `T`. */
-export type Token<T> = InjectionToken<T> & symbol & { readonly __service?: T };
+export type Token<T> = InjectionToken<T> & symbol & TokenBrand<T>;
+
+/** The compile-time brand that remembers a token's service type (never set at run time). */
+export interface TokenBrand<T> {
+  /** Phantom field carrying the service type. */
+  readonly __service?: T;
+}
 
 /**
  * Create a token for a service type.

@@ -9,7 +9,12 @@
  * @see mm/vmstat.c, include/linux/vm_event_item.h
  */
 
-function zeroCounters() {
+/**
+ * A fresh set of counters, all zero, in /proc/vmstat order.
+ * @returns the counters.
+ * @see vm_event_states
+ */
+export function zeroCounters() {
   return {
     /** Free pages across system RAM zones. @see NR_FREE_PAGES */
     nr_free_pages: 0,

@@ -2,8 +2,8 @@ import { describe, expect, it } from "vitest";
 import {
   MAP_ANONYMOUS,
   MAP_PRIVATE,
-  MMU_NOTIFY,
   Machine,
+  MMU_NOTIFY,
   makeDeviceExclusive,
   mmuIntervalNotifierInsert,
   mmuIntervalSetSeq,
