@@ -7,4 +7,4 @@ export { BugError, bugOn, ERRNO, type Errno, einval, HmmError } from "./errors";
 export { type CoreEvents, TraceBus } from "./events";
 export { Rng } from "./rng";
 export { createToken, type Token, type TokenBrand } from "./tokens";
-export { type VmCounters, VmStat, type VmStatName } from "./vmstat";
+export { type VmCounters, VmStat, type VmStatName, zeroCounters } from "./vmstat";
