@@ -127,6 +127,10 @@ export class FaultHandler {
           return core.swapIn(mm, vma, va, e, write);
         case SWP.HWPOISON:
           return VM_FAULT.HWPOISON;
+        case 0:
+          // A PROT_NONE entry the VMA now permits (mprotect restores entries; this is the safety net).
+          mm.pt.setPte(va - (va % PAGE_SIZE), withBits(e, PTE.PRESENT, vma.flags & VM.WRITE ? 0 : PTE.WRITE));
+          return 0;
         default:
           return VM_FAULT.SIGSEGV;
       }
@@ -178,9 +182,9 @@ export class FaultHandler {
       ps.index[pfn] = index;
       obj.pages.set(index, pfn);
       core.lru.add(pfn);
-    } else {
-      core.refs.getPage(pfn);
     }
+    // The page cache holds one reference; each mapping holds another.
+    core.refs.getPage(pfn);
     core.pages.mapcount[pfn] = (core.pages.mapcount[pfn] as number) + 1;
     const w = (vma.flags & VM.WRITE) !== 0 && write;
     mm.pt.setPte(addr, mkPte(pfn, (vma.flags & VM.WRITE) !== 0) + PTE.YOUNG + (w ? PTE.DIRTY : 0));
@@ -203,7 +207,7 @@ export class FaultHandler {
         return 0;
       }
     }
-    const np = core.allocUserPage(!isZero);
+    const np = core.allocUserPage(isZero);
     if (np < 0) return VM_FAULT.OOM;
     if (!isZero) core.contents.copyPages(np, pfn, 1);
     core.rmap.addNewAnon(np, vma.mapping, vma.pageIndex(addr), false);

@@ -155,22 +155,22 @@ export class Mm {
 
   /**
    * Change the protection of `[addr, addr + length)`, which must be fully mapped.
-   * @param addr - page aligned. @param length - bytes, > 0. @param prot - PROT_* bits.
+   * @param addr - page aligned. @param length - bytes, >= 0 (0 is a no-op, as in the kernel). @param prot - PROT_* bits.
    * @throws HmmError EINVAL for bad arguments; ENOMEM if part of the range is unmapped (state unchanged).
    * @see do_mprotect_pkey, mprotect(2)
    */
   mprotect(addr: number, length: number, prot: number): void {
     this.checkAlive();
-    this.checkRange(addr, length);
+    this.checkRange(addr, length, true);
     if (!Number.isInteger(prot) || (prot & ~(PROT_READ | PROT_WRITE | PROT_EXEC)) !== 0) einval("prot", `PROT_* bits, got ${prot}`);
+    if (length === 0) return;
     const end = addr + Math.ceil(length / PAGE_SIZE) * PAGE_SIZE;
     this.checkFullyMapped(addr, end, "mprotect");
     const newVm = protToVm(prot);
     mmuNotifyRange(this, addr, end, MMU_NOTIFY.PROTECTION_VMA);
     for (const v of this.splitAt(addr, end)) {
-      const removesWrite = (v.flags & VM.WRITE) !== 0 && (newVm & VM.WRITE) === 0;
       v.flags = (v.flags & ~(VM.READ | VM.WRITE | VM.EXEC)) | newVm;
-      if (removesWrite || (newVm & VM.READ) === 0) this.core.fault.changeProtection(this, v, v.start, v.end, newVm);
+      this.core.fault.changeProtection(this, v, v.start, v.end, newVm);
     }
   }
 
@@ -183,10 +183,11 @@ export class Mm {
    */
   madvise(addr: number, length: number, advice: number): void {
     this.checkAlive();
-    this.checkRange(addr, length);
+    this.checkRange(addr, length, true);
     const end = addr + Math.ceil(length / PAGE_SIZE) * PAGE_SIZE;
     const known = [MADV_DONTNEED, MADV_FREE, MADV_HUGEPAGE, MADV_NOHUGEPAGE, MADV_DONTFORK, MADV_DOFORK];
     if (!known.includes(advice)) einval("advice", `one of MADV_DONTNEED/FREE/HUGEPAGE/NOHUGEPAGE/DONTFORK/DOFORK, got ${advice}`);
+    if (length === 0) return;
     this.checkFullyMapped(addr, end, "madvise");
     if (advice === MADV_DONTNEED || advice === MADV_FREE) {
       // MADV_FREE frees lazily in the kernel; with no reclaim pass between, hmmkit frees at once,
@@ -253,10 +254,11 @@ export class Mm {
     return this.vmasIn(start, end);
   }
 
-  private checkRange(addr: number, length: number): void {
+  private checkRange(addr: number, length: number, zeroOk = false): void {
     if (!Number.isInteger(addr) || addr % PAGE_SIZE !== 0 || addr < 0) einval("addr", `a page-aligned address, got ${addr}`);
-    if (!Number.isInteger(length) || length <= 0 || addr + length > TASK_SIZE)
-      einval("length", `a positive length within TASK_SIZE, got ${length}`);
+    if (!Number.isInteger(length) || length < 0 || (length === 0 && !zeroOk) || addr + length > TASK_SIZE) {
+      einval("length", `a ${zeroOk ? "non-negative" : "positive"} length within TASK_SIZE, got ${length}`);
+    }
   }
 
   private checkFullyMapped(start: number, end: number, what: string): void {

@@ -21,6 +21,7 @@
  */
 import { BugError, einval } from "../sim/errors";
 import type { VmStat } from "../sim/vmstat";
+import type { Contents } from "./contents";
 import { MAX_PAGE_ORDER, type PageState, PG, type PhysRegion } from "./page-state";
 
 /** GFP-like allocation flags. @see include/linux/gfp_types.h */
@@ -119,10 +120,12 @@ export class PageAllocator {
   /**
    * @param pages - per-page state.
    * @param vmstat - counters (nr_free_pages, pgalloc_normal, pgfree).
+   * @param contents - page bytes, for __GFP_ZERO.
    */
   constructor(
     private readonly pages: PageState,
     private readonly vmstat: VmStat,
+    private readonly contents: Contents,
   ) {}
 
   /**
@@ -368,6 +371,7 @@ export class PageAllocator {
     }
     ps.refcount[pfn] = 1;
     if (order > 0 && gfp & GFP.COMP) ps.prepCompound(pfn, order);
+    if (gfp & GFP.ZERO) this.contents.clearPages(pfn, n);
     this.vmstat.c.pgalloc_normal += n;
   }
 

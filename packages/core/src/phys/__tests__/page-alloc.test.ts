@@ -9,10 +9,11 @@ import { MAX_PAGE_ORDER, PAGE_SIZE, PageState, PG } from "../page-state";
 function mk(npages = 16384) {
   const ps = new PageState();
   const vm = new VmStat();
-  const alloc = new PageAllocator(ps, vm);
+  const contents = new Contents(ps);
+  const alloc = new PageAllocator(ps, vm, contents);
   const region = ps.addRegion("ram", npages, 0, "node0");
   const zone = alloc.addZone(region);
-  return { ps, vm, alloc, zone, region };
+  return { ps, vm, alloc, zone, region, contents };
 }
 
 const nrFree = (z: { nrFree: Float64Array }) => Array.from(z.nrFree);
@@ -306,8 +307,7 @@ describe("buddy allocator", () => {
 
 describe("allocPages(GFP.ZERO)", () => {
   it("returns zeroed pages (__GFP_ZERO), even when the page held data before", () => {
-    const { alloc, ps } = mk(1024);
-    const contents = new Contents(ps);
+    const { alloc, ps, contents } = mk(1024);
     const p = alloc.allocPages(0);
     contents.write(p, 0, new Uint8Array(PAGE_SIZE).fill(0x5a));
     ps.refcount[p] = 0;
@@ -316,8 +316,6 @@ describe("allocPages(GFP.ZERO)", () => {
     expect(q).toBe(p); // LIFO: the same page comes back
     const buf = new Uint8Array(16);
     contents.read(q, 0, buf);
-    // BUG: PageAllocator has no access to Contents; GFP.ZERO ("Zero the pages. @see __GFP_ZERO")
-    // is silently ignored and the previous owner's bytes are handed out.
     expect(Array.from(buf)).toEqual(new Array(16).fill(0));
   });
 });
