@@ -18,6 +18,24 @@ export interface MachineConfig {
   /** Map the (huge) zero page on read faults. Default true.
    *  @see /sys/kernel/mm/transparent_hugepage/use_zero_page */
   useZeroPage?: boolean;
+  /**
+   * THP reservations (seed 002): base pages of a reservation that must be mapped before it is
+   * promoted to a huge page in place. 1 disables reservations (THP on first fault, as mainline);
+   * 2..512 reserve an aligned order-9 block on the first write fault instead. Default 1.
+   * @see /sys/kernel/mm/transparent_hugepage/promotion_threshold (RFC)
+   */
+  thpPromotionThreshold?: number;
+  /** Where promotion happens: `"fault"` (synchronously, at the fault that reaches the threshold)
+   *  or `"khugepaged"` (by the scanner on the clock). Default `"khugepaged"`, as the RFC. */
+  thpPromotion?: "fault" | "khugepaged";
+  /** khugepaged's sleep between scans, in ms of virtual time. Default 10000.
+   *  @see /sys/kernel/mm/transparent_hugepage/khugepaged/scan_sleep_millisecs */
+  khugepagedScanSleepMs?: number;
+  /** PTEs khugepaged scans per pass. Default 4096. @see khugepaged/pages_to_scan */
+  khugepagedPagesToScan?: number;
+  /** Collapse a range only if at most this many of its PTEs are none/zero. Default 511 (0..511).
+   *  @see /sys/kernel/mm/transparent_hugepage/khugepaged/max_ptes_none */
+  khugepagedMaxPtesNone?: number;
 }
 
 /** A configuration with every default filled in. */
@@ -44,5 +62,34 @@ export function validateMachineConfig(cfg: MachineConfig): MachineConfigResolved
   if (thp !== "always" && thp !== "madvise" && thp !== "never") einval("config.thp", `"always", "madvise" or "never", got ${String(thp)}`);
   const useZeroPage = cfg.useZeroPage ?? true;
   if (typeof useZeroPage !== "boolean") einval("config.useZeroPage", "a boolean");
-  return { seed, ramMiB: [...ramMiB], thp, useZeroPage };
+  const thpPromotionThreshold = cfg.thpPromotionThreshold ?? 1;
+  if (!Number.isInteger(thpPromotionThreshold) || thpPromotionThreshold < 1 || thpPromotionThreshold > 512) {
+    einval("config.thpPromotionThreshold", `an integer in 1..512, got ${thpPromotionThreshold}`);
+  }
+  const thpPromotion = cfg.thpPromotion ?? "khugepaged";
+  if (thpPromotion !== "fault" && thpPromotion !== "khugepaged")
+    einval("config.thpPromotion", `"fault" or "khugepaged", got ${String(thpPromotion)}`);
+  const khugepagedScanSleepMs = cfg.khugepagedScanSleepMs ?? 10000;
+  if (!Number.isInteger(khugepagedScanSleepMs) || khugepagedScanSleepMs < 1 || khugepagedScanSleepMs > 3_600_000) {
+    einval("config.khugepagedScanSleepMs", `an integer in 1..3600000, got ${khugepagedScanSleepMs}`);
+  }
+  const khugepagedPagesToScan = cfg.khugepagedPagesToScan ?? 4096;
+  if (!Number.isInteger(khugepagedPagesToScan) || khugepagedPagesToScan < 512 || khugepagedPagesToScan > 1 << 24) {
+    einval("config.khugepagedPagesToScan", `an integer in 512..16777216, got ${khugepagedPagesToScan}`);
+  }
+  const khugepagedMaxPtesNone = cfg.khugepagedMaxPtesNone ?? 511;
+  if (!Number.isInteger(khugepagedMaxPtesNone) || khugepagedMaxPtesNone < 0 || khugepagedMaxPtesNone > 511) {
+    einval("config.khugepagedMaxPtesNone", `an integer in 0..511, got ${khugepagedMaxPtesNone}`);
+  }
+  return {
+    seed,
+    ramMiB: [...ramMiB],
+    thp,
+    useZeroPage,
+    thpPromotionThreshold,
+    thpPromotion,
+    khugepagedScanSleepMs,
+    khugepagedPagesToScan,
+    khugepagedMaxPtesNone,
+  };
 }

@@ -66,7 +66,7 @@ export class Machine {
     this.vmstat = new VmStat();
     this.pages = new PageState();
     this.contents = new Contents(this.pages);
-    this.alloc = new PageAllocator(this.pages, this.vmstat, this.contents);
+    this.alloc = new PageAllocator(this.pages, this.vmstat, this.contents, this.bus);
     cfg.ramMiB.forEach((mib, nid) => {
       const region = this.pages.addRegion("ram", (mib * 1024 * 1024) / 4096, nid, `node${nid}`);
       this.alloc.addZone(region);

@@ -147,7 +147,9 @@ export class FaultHandler {
       pt.setPte(addr, mkPte(core.zeroPfn, false));
       return 0;
     }
-    const pfn = core.allocUserPage();
+    const fromRes = write && core.thpRes.enabled && core.huge.eligible(vma, addr);
+    let pfn = fromRes ? core.thpRes.allocFromReservation(mm, addr) : -1;
+    if (pfn < 0) pfn = core.allocUserPage();
     if (pfn < 0) return VM_FAULT.OOM;
     core.rmap.addNewAnon(pfn, vma.mapping, vma.pageIndex(addr), false);
     core.vmstat.c.nr_anon_pages++;
@@ -155,6 +157,7 @@ export class FaultHandler {
     const w = (vma.flags & VM.WRITE) !== 0;
     pt.setPte(addr, mkPte(pfn, w) + PTE.YOUNG + (w ? PTE.DIRTY : 0));
     mm.rssAnon++;
+    if (fromRes) core.thpRes.afterFault(mm, vma, addr);
     return 0;
   }
 
@@ -278,6 +281,7 @@ export class FaultHandler {
    * @see zap_page_range_single, unmap_page_range
    */
   zapRange(mm: Mm, vma: Vma, start: number, end: number): void {
+    this.core.thpRes.releaseRange(mm, start, end);
     const pt = mm.pt;
     let va = start;
     while (va < end) {

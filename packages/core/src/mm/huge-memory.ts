@@ -86,10 +86,15 @@ export class HugeMemory {
     const haddr = va - (va % PMD_SIZE);
     if (!write && core.config.useZeroPage) {
       const hz = this.getHugeZeroPage();
-      if (hz < 0) return FAULT_FALLBACK;
+      if (hz < 0) {
+        core.vmstat.c.thp_fault_fallback++;
+        return FAULT_FALLBACK;
+      }
       mm.pt.setPmd(haddr, mkPte(hz, false) + PTE.HUGE);
       return 0;
     }
+    // With reservations on, write faults reserve a block and map base pages (thp-reserve.ts).
+    if (core.thpRes.enabled) return FAULT_FALLBACK;
     const gfp = GFP.TRANSHUGE | (vma.flags & VM.HUGEPAGE ? 0 : GFP.NORETRY);
     const pfn = core.alloc.allocPages(HPAGE_PMD_ORDER, gfp);
     if (pfn < 0) {
@@ -196,6 +201,7 @@ export class HugeMemory {
     const type = swpType(pmd);
     pt.setPmd(haddr, 0);
     const t = pt.ensurePteTable(haddr);
+    if (type !== SWP.MIGRATION) core.vmstat.c.thp_split_pmd++;
     if ((isPresent(pmd) || type === 0) && this.isHugeZeroPfn(pfn)) {
       for (let i = 0; i < HPAGE_PMD_NR; i++) t[i] = mkPte(core.zeroPfn, false);
       return;
@@ -205,7 +211,6 @@ export class HugeMemory {
     for (let i = 0; i < HPAGE_PMD_NR; i++) ps.mapcount[pfn + i] = (ps.mapcount[pfn + i] as number) + 1;
     this.entireMapcountDec(pfn);
     ps.refcount[pfn] = (ps.refcount[pfn] as number) + HPAGE_PMD_NR - 1;
-    core.vmstat.c.thp_split_pmd++;
   }
 
   /**

@@ -27,11 +27,13 @@ import { TOKENS } from "../tokens";
 import { FaultHandler } from "./fault";
 import { Forker } from "./fork";
 import { HugeMemory } from "./huge-memory";
+import { Khugepaged } from "./khugepaged";
 import { Lru } from "./lru";
 import { Mm } from "./mm";
 import { MMU_NOTIFY, mmuNotifierInvalidateRangeEnd, mmuNotifierInvalidateRangeStart } from "./mmu-notifier";
 import { PageRefs } from "./page-ref";
 import { AnonVma, Rmap, ShmemObject } from "./rmap";
+import { ThpReservations } from "./thp-reserve";
 import type { Vma } from "./vma";
 
 /**
@@ -71,6 +73,10 @@ export class MmCore {
   readonly huge: HugeMemory;
   /** fork. */
   readonly forker: Forker;
+  /** THP reservations (seed 002). */
+  readonly thpRes: ThpReservations;
+  /** The khugepaged scanner. */
+  readonly khugepaged: Khugepaged;
   /** ZONE_DEVICE registry. */
   readonly memremap: Memremap;
   /** Device migration (migrate_vma_*, migrate_device_*). */
@@ -107,6 +113,8 @@ export class MmCore {
     this.fault = new FaultHandler(this);
     this.huge = new HugeMemory(this);
     this.forker = new Forker(this);
+    this.thpRes = new ThpReservations(this);
+    this.khugepaged = new Khugepaged(this);
     this.memremap = new Memremap(pages);
     this.migrate = new MigrateDevice(this);
   }
@@ -122,10 +130,25 @@ export class MmCore {
     this.pages.flags[pfn] = (this.pages.flags[pfn] as number) | PG.reserved;
     this.zeroPfn = pfn;
     this.refs.zoneDeviceFree = (head) => this.memremap.freeZoneDeviceFolio(head);
+    this.shrinkers.push(() => this.thpRes.releaseAll() > 0);
+    const prev = this.alloc.hooks.onAllocFail;
+    this.alloc.hooks.onAllocFail = (zone, order, gfp) => {
+      let progress = prev ? prev(zone, order, gfp) : false;
+      for (const s of this.shrinkers) if (s(zone, order, gfp)) progress = true;
+      return progress;
+    };
   }
 
-  /** Exit every task (machine teardown). */
+  /**
+   * Memory-pressure callbacks run when an allocation fails (before it is retried). Each returns
+   * true if it freed something.
+   * @see struct shrinker
+   */
+  readonly shrinkers: ((zone: import("../phys/page-alloc").Zone, order: number, gfp: number) => boolean)[] = [];
+
+  /** Exit every task and stop khugepaged (machine teardown). */
   shutdown(): void {
+    this.khugepaged.stop();
     for (const t of [...this.tasks.values()]) this.exit(t);
   }
 
@@ -141,6 +164,7 @@ export class MmCore {
   spawn(): Task {
     const t = new Task(this.nextPid++, this.newMm());
     this.tasks.set(t.pid, t);
+    if (this.config.thpPromotionThreshold > 1 && this.config.thpPromotion === "khugepaged") this.khugepaged.start();
     return t;
   }
 
@@ -169,6 +193,7 @@ export class MmCore {
     this.tasks.delete(task.pid);
     const mm = task.mm;
     if (--mm.users > 0) return;
+    this.thpRes.releaseMm(mm);
     const range = { mm, start: 0, end: Number.MAX_SAFE_INTEGER, event: MMU_NOTIFY.RELEASE, owner: undefined, blockable: true };
     mmuNotifierInvalidateRangeEnd(range, mmuNotifierInvalidateRangeStart(range));
     for (const v of [...mm.vmas]) {

@@ -189,12 +189,13 @@ export class Mm {
     if (!known.includes(advice)) einval("advice", `one of MADV_DONTNEED/FREE/HUGEPAGE/NOHUGEPAGE/DONTFORK/DOFORK, got ${advice}`);
     if (length === 0) return;
     this.checkFullyMapped(addr, end, "madvise");
+    if (advice === MADV_FREE && this.vmasIn(addr, end).some((v) => v.shared))
+      einval("advice", "MADV_FREE on private anonymous memory only (a shared range was given)");
     if (advice === MADV_DONTNEED || advice === MADV_FREE) {
       // MADV_FREE frees lazily in the kernel; with no reclaim pass between, hmmkit frees at once,
       // which is what a later reclaim would do to the clean pages.
       mmuNotifyRange(this, addr, end, MMU_NOTIFY.CLEAR);
       for (const v of this.vmasIn(addr, end)) {
-        if (v.shared && advice === MADV_FREE) continue;
         this.core.fault.zapRange(this, v, Math.max(addr, v.start), Math.min(end, v.end));
       }
       return;

@@ -20,6 +20,7 @@
  * @see mm/page_alloc.c (__rmqueue_smallest, expand, __free_one_page), mm/mmzone.c
  */
 import { BugError, einval } from "../sim/errors";
+import type { TraceBus } from "../sim/events";
 import type { VmStat } from "../sim/vmstat";
 import type { Contents } from "./contents";
 import { MAX_PAGE_ORDER, type PageState, PG, type PhysRegion } from "./page-state";
@@ -121,11 +122,13 @@ export class PageAllocator {
    * @param pages - per-page state.
    * @param vmstat - counters (nr_free_pages, pgalloc_normal, pgfree).
    * @param contents - page bytes, for __GFP_ZERO.
+   * @param bus - tracepoints (mm_page_alloc, mm_page_free), optional.
    */
   constructor(
     private readonly pages: PageState,
     private readonly vmstat: VmStat,
     private readonly contents: Contents,
+    private readonly bus?: TraceBus,
   ) {}
 
   /**
@@ -291,6 +294,7 @@ export class PageAllocator {
     z.freePages += n;
     this.vmstat.c.nr_free_pages += n;
     this.vmstat.c.pgfree += n;
+    if (this.bus?.wants("mm_page_free")) this.bus.emit("mm_page_free", { pfn, order });
     let head = pfn;
     let o = order;
     while (o < MAX_PAGE_ORDER) {
@@ -372,6 +376,7 @@ export class PageAllocator {
     ps.refcount[pfn] = 1;
     if (order > 0 && gfp & GFP.COMP) ps.prepCompound(pfn, order);
     if (gfp & GFP.ZERO) this.contents.clearPages(pfn, n);
+    if (this.bus?.wants("mm_page_alloc")) this.bus.emit("mm_page_alloc", { pfn, order });
     this.vmstat.c.pgalloc_normal += n;
   }
 

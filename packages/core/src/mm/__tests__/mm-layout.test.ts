@@ -27,7 +27,7 @@ describe("mmap", () => {
     expect(a % 4096).toBe(0);
     expect(a + 8192).toBeLessThanOrEqual(MMAP_BASE);
     const v = t.mm.findVma(a);
-    expect(v?.end! - v?.start!).toBe(8192);
+    expect((v?.end ?? 0) - (v?.start ?? 0)).toBe(8192);
     expect(v?.flags).toBe(VM.READ | VM.WRITE);
     const b = t.mm.mmap(0, 4 * MiB, PROT_READ, PRIV);
     expect(b % (2 * MiB)).toBe(0);

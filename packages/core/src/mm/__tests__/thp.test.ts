@@ -245,4 +245,33 @@ describe("THP faults", () => {
     expect((await m.mm.read(t, a + 4096, 1))[0]).toBe(3);
     expect(m.pages.refcount[pfnAt(t, a)]).toBe(HPAGE_PMD_NR);
   });
+
+  it("vmstat: a read that cannot get the huge zero page counts thp_fault_fallback", async () => {
+    const m = boot({ ramMiB: [32], thp: "always" });
+    const t = m.mm.spawn();
+    const a = t.mm.mmap(0, 2 * MiB, RW, PRIV);
+    const kept = fragment(m);
+    expect((await m.mm.read(t, a, 1))[0]).toBe(0);
+    expect(m.vmstat.c.thp_zero_page_alloc).toBe(0);
+    expect(pfnAt(t, a)).toBe(m.mm.zeroPfn);
+    // do_huge_pmd_anonymous_page: `if (unlikely(!zero_folio)) { count_vm_event(THP_FAULT_FALLBACK);
+    // return VM_FAULT_FALLBACK; }`; hmmkit returns FAULT_FALLBACK without counting.
+    const fallback = m.vmstat.c.thp_fault_fallback;
+    m.mm.exit(t);
+    release(m, kept);
+    expect(fallback).toBe(1);
+  });
+
+  it("vmstat: splitting a huge-zero PMD counts thp_split_pmd", async () => {
+    const m = boot({ ramMiB: [32], thp: "always" });
+    const t = m.mm.spawn();
+    const a = t.mm.mmap(0, 2 * MiB, RW, PRIV);
+    await m.mm.read(t, a, 1);
+    expect(mapping(t, a)?.huge).toBe(true);
+    t.mm.mprotect(a, MiB, PROT_READ);
+    expect(mapping(t, a)).toMatchObject({ huge: false, pfn: m.mm.zeroPfn });
+    expect(mapping(t, a + MiB)).toMatchObject({ huge: false, pfn: m.mm.zeroPfn });
+    // __split_huge_pmd_locked counts THP_SPLIT_PMD before its is_huge_zero_pmd() branch.
+    expect(m.vmstat.c.thp_split_pmd).toBe(1);
+  });
 });

@@ -72,6 +72,24 @@ describe("errors", () => {
     expect(thrown(() => validateMachineConfig({ seed: 2 ** 32 }))).toMatchObject({ code: "EINVAL", arg: "config.seed" });
     expect(thrown(() => validateMachineConfig({ thp: "sometimes" as never }))).toMatchObject({ code: "EINVAL", arg: "config.thp" });
     expect(thrown(() => validateMachineConfig({ useZeroPage: 1 as never }))).toMatchObject({ code: "EINVAL", arg: "config.useZeroPage" });
-    expect(validateMachineConfig({})).toEqual({ seed: 1, ramMiB: [256], thp: "madvise", useZeroPage: true });
+    expect(thrown(() => validateMachineConfig({ thpPromotionThreshold: 513 }))).toMatchObject({
+      code: "EINVAL",
+      arg: "config.thpPromotionThreshold",
+    });
+    expect(thrown(() => validateMachineConfig({ khugepagedMaxPtesNone: -1 }))).toMatchObject({
+      code: "EINVAL",
+      arg: "config.khugepagedMaxPtesNone",
+    });
+    expect(validateMachineConfig({})).toMatchObject({
+      seed: 1,
+      ramMiB: [256],
+      thp: "madvise",
+      useZeroPage: true,
+      thpPromotionThreshold: 1,
+      thpPromotion: "khugepaged",
+      khugepagedScanSleepMs: 10000,
+      khugepagedPagesToScan: 4096,
+      khugepagedMaxPtesNone: 511,
+    });
   });
 });
