@@ -8,10 +8,10 @@ import {
   MADV_HUGEPAGE,
   MAP_ANONYMOUS,
   MAP_PRIVATE,
+  Machine,
   MEMORY_DEVICE_PRIVATE,
   MIGRATE_PFN,
   MIGRATE_VMA_SELECT,
-  Machine,
   type MigrateVma,
   migratePfn,
   migratePfnToPfn,
@@ -67,12 +67,24 @@ function migrateArgs(mm: typeof t.mm, start: number, end: number, flags: number,
   const n = (end - start) / 4096;
   const vma = mm.findVma(start);
   if (vma === undefined) throw new Error("no VMA");
-  return { mm, vma, start, end, src: new Float64Array(n), dst: new Float64Array(n), pgmapOwner: owner, flags, faultPage, cpages: 0, npages: 0 };
+  return {
+    mm,
+    vma,
+    start,
+    end,
+    src: new Float64Array(n),
+    dst: new Float64Array(n),
+    pgmapOwner: owner,
+    flags,
+    faultPage,
+    cpages: 0,
+    npages: 0,
+  };
 }
 function copyAll(args: MigrateVma, alloc: () => number): void {
   for (let i = 0; i < args.npages; i++) {
     const s = args.src[i] as number;
-    if (!(s % 64 & MIGRATE_PFN.MIGRATE)) continue;
+    if (!((s % 64) & MIGRATE_PFN.MIGRATE)) continue;
     const d = alloc();
     const sp = migratePfnToPfn(s);
     if (sp >= 0) m.contents.copyPages(d, sp, 1);

@@ -11,7 +11,9 @@ describe("dependency injection", () => {
   it.each(injectables)("%s has an @inject token for every constructor parameter", (_name, cls) => {
     const tokens = Reflect.getMetadata("injectionTokens", cls) as Record<number, unknown> | undefined;
     expect(tokens).toBeDefined();
-    const indexes = Object.keys(tokens ?? {}).map(Number).sort((a, b) => a - b);
+    const indexes = Object.keys(tokens ?? {})
+      .map(Number)
+      .sort((a, b) => a - b);
     expect(indexes).toEqual(Array.from({ length: cls.length }, (_, i) => i));
   });
 
