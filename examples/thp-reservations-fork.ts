@@ -19,7 +19,7 @@
  * Run: `npx tsx examples/thp-reservations-fork.ts [--ram 256] [--chunk 16] [--touch 1] [--threshold 256]
  *       [--fault-base-ns 1000] [--clear-page-ns 400] [--seed 1]`
  */
-import { HmmError, MAP_ANONYMOUS, MAP_PRIVATE, Machine, type MachineConfig, PMD_SIZE, PROT_READ, PROT_WRITE, Rng } from "@hmmkit/core";
+import { HmmError, MAP_ANONYMOUS, MAP_PRIVATE, Machine, type MachineConfig, PMD_SIZE, PROT_READ, PROT_WRITE } from "@hmmkit/core";
 
 function arg(name: string, dflt: number): number {
   const i = process.argv.indexOf(`--${name}`);
