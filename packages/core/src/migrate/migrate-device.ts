@@ -529,10 +529,20 @@ export class MigrateDevice {
         return false;
       }
     }
-    const ok = core.huge.splitFolio(head, head !== faultFolio ? 1 : 0);
+    // The fault handler's reference and lock count as the caller's for the faulting folio.
+    const ok = core.huge.splitFolio(head, 1);
     if (head !== faultFolio) {
       core.refs.unlockPage(head);
       core.refs.putPage(head);
+    } else if (ok && fp !== head) {
+      // After the split the faulting page is its own folio: move the handler's lock and
+      // reference from the old head to it, as migrate_vma_split_folio does.
+      const ps = core.pages;
+      ps.refcount[fp] = (ps.refcount[fp] as number) + 1;
+      core.refs.unlockPage(head);
+      core.refs.putPage(head);
+      if (!core.refs.trylockPage(fp))
+        throw new BugError("split-fault-page-locked", `faulting page ${fp} locked by someone else after split`);
     }
     return ok;
   }

@@ -257,7 +257,8 @@ export class FaultHandler {
     try {
       r = await pg.ops.migrateToRam({ mm, vma, address: va - (va % PAGE_SIZE), page: pfn, write, pteMapped });
     } finally {
-      core.refs.unlockPage(head);
+      // migrateToRam may have split the folio: the lock is now on the faulting page's own folio.
+      core.refs.unlockPage(core.pages.compoundHead(pfn));
       core.refs.putPage(pfn);
     }
     return r;

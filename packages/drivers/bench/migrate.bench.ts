@@ -1,0 +1,106 @@
+/**
+ * Migration throughput of dmirror with CPU copies, against memcpy of the same bytes in the same
+ * run (the denominator makes the number comparable across machines).
+ *
+ * - `migrate.vma_4k.ratio_to_memcpy`: 1 GiB of 4 KiB pages (MADV_NOHUGEPAGE) migrated to a
+ *   device-private device and back (migrate_vma in 512-page windows, per-page copies), divided by
+ *   a per-page memcpy of the same 2 GiB. Target >= 0.5.
+ * - `migrate.vma_thp.ratio_to_memcpy`: the same with 2 MiB THPs (MADV_HUGEPAGE, compound
+ *   migration both ways), against a bulk memcpy. Target >= 0.8.
+ *
+ * The to-device half is the migration of MIGRATE_TO_DEV without its verification bounce read
+ * (`DmirrorFile.migrateRangeToDevice`); the to-system half is the MIGRATE_TO_SYS command. Each
+ * direction's GiB/s is reported too. Best of 3 round trips after one warm-up.
+ *
+ * @see tools/testing/selftests/mm/hmm-tests.c (benchmark_thp_migration)
+ */
+import process from "node:process";
+import { MADV_HUGEPAGE, MADV_NOHUGEPAGE, MAP_ANONYMOUS, MAP_PRIVATE, Machine, PAGE_SIZE, PROT_READ, PROT_WRITE } from "@hmmkit/core";
+import { type BenchResult, memcpySeconds, secondsSince } from "../../../bench/lib";
+import { DmirrorModule, HMM_DMIRROR_MIGRATE_TO_SYS, type HmmDmirrorCmd } from "../src/index";
+
+const GIB = 1024 * 1024 * 1024;
+const BYTES = Number(process.env.HMMKIT_BENCH_MIGRATE_BYTES ?? GIB);
+const NPAGES = BYTES / PAGE_SIZE;
+const ROUNDS = 3;
+
+/** Time of a page-by-page copy of `bytes` (best of `runs`), in seconds. */
+function perPageMemcpySeconds(bytes: number, runs = 3): number {
+  const src = new Uint8Array(bytes);
+  const dst = new Uint8Array(bytes);
+  for (let i = 0; i < bytes; i += PAGE_SIZE) src[i] = (i / PAGE_SIZE) & 0xff;
+  dst.set(src);
+  let best = Number.POSITIVE_INFINITY;
+  for (let r = 0; r < runs; r++) {
+    const t0 = process.hrtime.bigint();
+    for (let o = 0; o < bytes; o += PAGE_SIZE) dst.set(src.subarray(o, o + PAGE_SIZE), o);
+    best = Math.min(best, secondsSince(t0));
+  }
+  if (dst[PAGE_SIZE] !== src[PAGE_SIZE]) throw new Error("per-page memcpy check failed");
+  return best;
+}
+
+interface RoundTrip {
+  toDev: number;
+  toSys: number;
+}
+
+async function migrateRoundTrips(thp: boolean): Promise<RoundTrip> {
+  const m = Machine.create({ ramMiB: [Math.ceil((BYTES * 1.5) / (1024 * 1024) / 2) * 2], seed: 1 });
+  const mod = DmirrorModule.load(m, { coherent: false });
+  const t = m.mm.spawn();
+  const va = t.mm.mmap(0, BYTES, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS);
+  t.mm.madvise(va, BYTES, thp ? MADV_HUGEPAGE : MADV_NOHUGEPAGE);
+  // Populate every page with distinct bytes (untimed).
+  const slab = 64 * 1024 * 1024;
+  const data = new Uint8Array(Math.min(slab, BYTES));
+  for (let off = 0; off < BYTES; off += data.length) {
+    for (let i = 0; i < data.length; i += PAGE_SIZE) data.fill(((off + i) / PAGE_SIZE) & 0xff, i, i + 64);
+    await m.mm.write(t, va + off, data);
+  }
+  const fd = mod.open(0, t);
+  let best: RoundTrip = { toDev: Number.POSITIVE_INFINITY, toSys: Number.POSITIVE_INFINITY };
+  for (let r = 0; r < ROUNDS + 1; r++) {
+    const t0 = process.hrtime.bigint();
+    const a = fd.migrateRangeToDevice(va, NPAGES);
+    const toDev = secondsSince(t0);
+    const cmd: HmmDmirrorCmd = { addr: va, ptr: undefined, npages: NPAGES, cpages: 0, faults: 0 };
+    const t1 = process.hrtime.bigint();
+    const b = await fd.ioctl(HMM_DMIRROR_MIGRATE_TO_SYS, cmd);
+    const toSys = secondsSince(t1);
+    if (a !== 0 || b !== 0) throw new Error(`migration failed: ${a}, ${b}`);
+    const want = thp ? NPAGES / 512 : NPAGES;
+    if (cmd.cpages !== want) throw new Error(`MIGRATE_TO_SYS moved ${cmd.cpages} entries, expected ${want}`);
+    if (t.mm.rssDevice !== 0) throw new Error("pages left on the device");
+    if (r > 0 && toDev + toSys < best.toDev + best.toSys) best = { toDev, toSys };
+  }
+  // Spot-check the data survived.
+  const probe = await m.mm.read(t, va + (NPAGES - 1) * PAGE_SIZE, 1);
+  if (probe[0] !== (NPAGES - 1) % 256) throw new Error(`data check failed: ${probe[0]}`);
+  fd.close();
+  m.mm.exit(t);
+  mod.unload();
+  m.dispose();
+  return best;
+}
+
+/** Run the benchmark. */
+export async function run(): Promise<BenchResult[]> {
+  const out: BenchResult[] = [];
+  const gib = BYTES / GIB;
+  {
+    const rt = await migrateRoundTrips(false);
+    const memcpy = perPageMemcpySeconds(BYTES);
+    out.push({ id: "migrate.vma_4k.ratio_to_memcpy", value: (2 * memcpy) / (rt.toDev + rt.toSys), unit: "ratio" });
+    out.push({ id: "migrate.vma_4k.to_dev_gib_per_s", value: gib / rt.toDev, unit: "GiB/s" });
+    out.push({ id: "migrate.vma_4k.to_sys_gib_per_s", value: gib / rt.toSys, unit: "GiB/s" });
+  }
+  {
+    const rt = await migrateRoundTrips(true);
+    const memcpy = memcpySeconds(BYTES, 3);
+    out.push({ id: "migrate.vma_thp.ratio_to_memcpy", value: (2 * memcpy) / (rt.toDev + rt.toSys), unit: "ratio" });
+    out.push({ id: "migrate.vma_thp.to_dev_gib_per_s", value: gib / rt.toDev, unit: "GiB/s" });
+    out.push({ id: "migrate.vma_thp.to_sys_gib_per_s", value: gib / rt.toSys, unit: "GiB/s" });
+  }
+  return out;
+}
