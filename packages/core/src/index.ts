@@ -26,6 +26,17 @@ export {
   type VmFault,
 } from "./memremap/memremap";
 export {
+  type GetNewFolio,
+  MIGRATE_REASON,
+  type MigrateReason,
+  type MigrateResult,
+  Migration,
+  NR_MAX_MIGRATE_PAGES_RETRY,
+  type PutNewFolio,
+  removeMigrationPtes,
+  tryToMigrate,
+} from "./migrate/migrate";
+export {
   MIGRATE_PFN,
   MIGRATE_PFN_SHIFT,
   MIGRATE_VMA_SELECT,
@@ -35,10 +46,13 @@ export {
   migratePfnToPfn,
   mpfnFlags,
 } from "./migrate/migrate-device";
+export { Cma, type CmaArea, type ContigResult } from "./mm/cma";
+export { COMPACT, COMPACT_CLUSTER_MAX, Compaction, type CompactResult, type CompactStatus, PAGEBLOCK_NR_PAGES } from "./mm/compaction";
 export { type DeviceExclusiveResult, makeDeviceExclusive } from "./mm/device-exclusive";
 export { FAULT_FALLBACK, FaultHandler } from "./mm/fault";
 export { Forker } from "./mm/fork";
 export { HugeMemory } from "./mm/huge-memory";
+export { Khugepaged } from "./mm/khugepaged";
 export { LRU_ACTIVE_ANON, LRU_INACTIVE_ANON, Lru, LruVec } from "./mm/lru";
 export { MMAP_BASE, MMAP_MIN_ADDR, Mm, TASK_SIZE } from "./mm/mm";
 export { MmCore, type SwapIn, Task } from "./mm/mm-core";
@@ -77,6 +91,7 @@ export {
   withBits,
 } from "./mm/page-table";
 export { AnonVma, Rmap, ShmemObject } from "./mm/rmap";
+export { ThpReservation, ThpReservations } from "./mm/thp-reserve";
 export {
   MADV_DOFORK,
   MADV_DONTFORK,
@@ -117,6 +132,18 @@ export {
   type Watermarks,
   Zone,
 } from "./phys/index";
+export {
+  FOLL,
+  generalAddPage,
+  generalCreateSubsys,
+  generalDelPage,
+  generalDestroySubsys,
+  generalFindPage,
+  Pinpage,
+  type PinpageInfo,
+  type PinpageOps,
+  PinpageSystem,
+} from "./pinpage/pinpage";
 export type { BugEvent, HmmRangeFaultEvent, MigratePagesEvent, PageAllocEvent, PageFaultEvent, SplitHugePageEvent } from "./sim/events";
 export {
   BugError,

@@ -120,7 +120,7 @@ export class AccessCounters {
 
   /**
    * @param gpu - GPU index.
-   * @param config - validated configuration (mutable through {@link AccessCounters.reconfigure}).
+   * @param cfg - validated configuration.
    * @param clock - the machine's clock.
    * @param bus - the platform's trace bus.
    * @param handler - returns the driver's notification handler, if bound.

@@ -24,7 +24,24 @@ export {
   DmaError,
   type SubmitOptions,
 } from "./copy-engine";
-export type { DeviceEvents, IommuFaultReason } from "./events";
+export type {
+  AccessCounterEvent,
+  DeviceEvents,
+  DmaFenceEmitEvent,
+  DmaFenceSignaledEvent,
+  EccErrorEvent,
+  FatalFaultEvent,
+  FaultBatchEvent,
+  FaultFlushEvent,
+  FaultOverflowEvent,
+  FaultReplayEvent,
+  GpuFaultEvent,
+  IommuFaultReason,
+  IoPageFaultEvent,
+  KernelCompleteEvent,
+  KernelLaunchEvent,
+  LinkStateEvent,
+} from "./events";
 export { type GpuFabric, peerDirection } from "./fabric";
 export {
   FAULT_ACCESS_ATOMIC,

@@ -1319,7 +1319,11 @@ export class DmirrorModule {
   readonly devices: DmirrorDevice[] = [];
   private loaded = true;
 
-  private constructor(readonly machine: Machine) {}
+  /** @param machine - the machine the module is loaded into. */
+  private constructor(
+    /** The machine the module is loaded into. */
+    readonly machine: Machine,
+  ) {}
 
   /**
    * Load the module on a machine: devices 0 and 1 (device-private), and 2 and 3
