@@ -36,6 +36,9 @@ export interface MachineConfig {
   /** Collapse a range only if at most this many of its PTEs are none/zero. Default 511 (0..511).
    *  @see /sys/kernel/mm/transparent_hugepage/khugepaged/max_ptes_none */
   khugepagedMaxPtesNone?: number;
+  /** CMA area reserved at boot at the bottom of node 0, in MiB: 0 (none) or an even number smaller
+   *  than node 0. Default 0. @see the `cma=` kernel parameter */
+  cmaMiB?: number;
 }
 
 /** A configuration with every default filled in. */
@@ -81,7 +84,12 @@ export function validateMachineConfig(cfg: MachineConfig): MachineConfigResolved
   if (!Number.isInteger(khugepagedMaxPtesNone) || khugepagedMaxPtesNone < 0 || khugepagedMaxPtesNone > 511) {
     einval("config.khugepagedMaxPtesNone", `an integer in 0..511, got ${khugepagedMaxPtesNone}`);
   }
+  const cmaMiB = cfg.cmaMiB ?? 0;
+  if (!Number.isInteger(cmaMiB) || cmaMiB < 0 || cmaMiB % 2 !== 0 || cmaMiB >= (ramMiB[0] as number)) {
+    einval("config.cmaMiB", `0 or an even number of MiB smaller than node 0 (${ramMiB[0]} MiB), got ${cmaMiB}`);
+  }
   return {
+    cmaMiB,
     seed,
     ramMiB: [...ramMiB],
     thp,

@@ -15,15 +15,19 @@
 import { inject, injectable } from "tsyringe";
 import type { MachineConfigResolved } from "../config";
 import { Memremap, VM_FAULT } from "../memremap/memremap";
+import { Migration } from "../migrate/migrate";
 import { MigrateDevice } from "../migrate/migrate-device";
 import type { Contents } from "../phys/contents";
 import type { PageAllocator } from "../phys/page-alloc";
 import { PAGE_SIZE, type PageState, PG } from "../phys/page-state";
+import { Pinpage } from "../pinpage/pinpage";
 import type { SimClock } from "../sim/clock";
 import { BugError, einval, HmmError } from "../sim/errors";
 import type { TraceBus } from "../sim/events";
 import type { VmStat } from "../sim/vmstat";
 import { TOKENS } from "../tokens";
+import { Cma } from "./cma";
+import { COMPACT, Compaction } from "./compaction";
 import { FaultHandler } from "./fault";
 import { Forker } from "./fork";
 import { HugeMemory } from "./huge-memory";
@@ -81,6 +85,14 @@ export class MmCore {
   readonly memremap: Memremap;
   /** Device migration (migrate_vma_*, migrate_device_*). */
   readonly migrate: MigrateDevice;
+  /** Migration of system pages (migrate_pages). @see mm/migrate.c */
+  readonly migration: Migration;
+  /** The pinpage subsystem and user pins. @see mm/pinpage.c (RFC), mm/gup.c */
+  readonly pinpage: Pinpage;
+  /** Compaction. @see mm/compaction.c */
+  readonly compaction: Compaction;
+  /** CMA, alloc_contig_range and memory offlining. @see mm/cma.c, mm/memory_hotplug.c */
+  readonly cma: Cma;
   /** The zero page's pfn. @see ZERO_PAGE */
   zeroPfn = -1;
   /** Live tasks by pid. */
@@ -117,6 +129,10 @@ export class MmCore {
     this.khugepaged = new Khugepaged(this);
     this.memremap = new Memremap(pages);
     this.migrate = new MigrateDevice(this);
+    this.migration = new Migration(this);
+    this.pinpage = new Pinpage(this);
+    this.compaction = new Compaction(this);
+    this.cma = new Cma(this);
   }
 
   /**
@@ -131,6 +147,13 @@ export class MmCore {
     this.zeroPfn = pfn;
     this.refs.zoneDeviceFree = (head) => this.memremap.freeZoneDeviceFolio(head);
     this.shrinkers.push(() => this.thpRes.releaseAll() > 0);
+    // Direct compaction for costly orders (__alloc_pages_direct_compact).
+    this.shrinkers.push((zone, order) => {
+      if (order === 0) return false;
+      this.vmstat.c.compact_stall++;
+      return this.compaction.compactZone(zone, order).status === COMPACT.SUCCESS;
+    });
+    if (this.config.cmaMiB > 0) this.cma.reserve(this.config.cmaMiB * 256);
     const prev = this.alloc.hooks.onAllocFail;
     this.alloc.hooks.onAllocFail = (zone, order, gfp) => {
       let progress = prev ? prev(zone, order, gfp) : false;

@@ -80,10 +80,26 @@ export function zeroCounters() {
     compact_free_scanned: 0,
     /** Pages isolated by compaction. @see COMPACTISOLATED */
     compact_isolated: 0,
+    /** Direct compactions run for a failed allocation. @see COMPACTSTALL */
+    compact_stall: 0,
     /** Compactions that freed the requested order. @see COMPACTSUCCESS */
     compact_success: 0,
     /** Compactions that did not. @see COMPACTFAIL */
     compact_fail: 0,
+    /** CMA allocations that succeeded. @see CMA_ALLOC_SUCCESS */
+    cma_alloc_success: 0,
+    /** CMA allocations that failed. @see CMA_ALLOC_FAIL */
+    cma_alloc_fail: 0,
+    /** FOLL_PIN pins taken. @see NR_FOLL_PIN_ACQUIRED */
+    nr_foll_pin_acquired: 0,
+    /** FOLL_PIN pins released. @see NR_FOLL_PIN_RELEASED */
+    nr_foll_pin_released: 0,
+    /** Pages written back from zswap to the swap device. @see ZSWPWB */
+    zswpwb: 0,
+    /** Background reclaim (kswapd balance_pgdat) runs. @see PAGEOUTRUN */
+    pageoutrun: 0,
+    /** Direct reclaims run for a failed allocation. @see ALLOCSTALL_NORMAL */
+    allocstall_normal: 0,
     /** Reserved-but-unmapped base pages held by THP reservations (RFC, seed 002). */
     nr_thp_reserved: 0,
     /** Reservation blocks allocated (RFC, seed 002). */
