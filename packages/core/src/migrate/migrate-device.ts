@@ -151,8 +151,20 @@ const SELECT_ALL =
  * @see mm/migrate_device.c
  */
 export class MigrateDevice {
+  /** Heads of large folios with PTE-level migration entries (a split PMD or a PTE-mapped folio). */
+  private readonly largePteMigration = new Set<number>();
+
   /** @param core - the mm layer. */
   constructor(private readonly core: MmCore) {}
+
+  /**
+   * Record that PTE-level migration entries point into the large folio at `head` (so finalize
+   * walks its subpages, not only its PMD mappings).
+   * @param head - folio head.
+   */
+  notePteMigration(head: number): void {
+    this.largePteMigration.add(head);
+  }
 
   /**
    * Collect, lock and unmap the pages of `[start, end)` (step 1 of 3; see the file comment).
@@ -637,6 +649,7 @@ export class MigrateDevice {
     }
     for (let p = head; p < head + n; p++) {
       if ((ps.mapcount[p] as number) === 0) continue;
+      if (n > 1) this.largePteMigration.add(head);
       core.rmap.walk(p, (mm, _vma, va) => {
         const pmd = mm.pt.getPmd(va);
         if (pmd === 0 || isHuge(pmd)) return false;
@@ -692,6 +705,8 @@ export class MigrateDevice {
         return false;
       });
     }
+    // A large folio migrated by PMD has no PTE-level entries unless one was split or PTE-mapped.
+    if (srcN > 1 && !this.largePteMigration.delete(srcHead)) return;
     for (let i = 0; i < srcN; i++) {
       const sp = srcHead + i;
       const dp = dstHead + i;

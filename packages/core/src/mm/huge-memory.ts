@@ -207,7 +207,10 @@ export class HugeMemory {
       return;
     }
     for (let i = 0; i < HPAGE_PMD_NR; i++) t[i] = (pfn + i) * 256 + bits;
-    if (type === SWP.MIGRATION) return;
+    if (type === SWP.MIGRATION) {
+      core.migrate.notePteMigration(pfn);
+      return;
+    }
     for (let i = 0; i < HPAGE_PMD_NR; i++) ps.mapcount[pfn + i] = (ps.mapcount[pfn + i] as number) + 1;
     this.entireMapcountDec(pfn);
     ps.refcount[pfn] = (ps.refcount[pfn] as number) + HPAGE_PMD_NR - 1;

@@ -272,9 +272,12 @@ export class PageAllocator {
     const n = 2 ** order;
     const z = this.zones[ps.zone[pfn] as number];
     if (z === undefined || !z.contains(pfn)) throw new BugError("bad-page", `free of pfn ${pfn}, which is not in a RAM zone`);
+    // A free block overlapping [pfn, pfn + n) either contains pfn (found by freeBlockOf) or
+    // starts inside the range (its head has PG_buddy): one lookup plus a flag test per page.
+    if (this.freeBlockOf(pfn) >= 0) throw new BugError("double-free", `pfn ${pfn} freed twice`);
     for (let p = pfn; p < pfn + n; p++) {
       const f = ps.flags[p] as number;
-      if (f & PG.buddy || this.freeBlockOf(p) >= 0) throw new BugError("double-free", `pfn ${p} freed twice`);
+      if (f & PG.buddy) throw new BugError("double-free", `pfn ${p} freed twice`);
       if (f & (PG.locked | PG.lru | PG.reserved) || (ps.mapcount[p] as number) !== 0 || (ps.refcount[p] as number) !== 0) {
         throw new BugError(
           "bad-page",
