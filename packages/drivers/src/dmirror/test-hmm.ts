@@ -37,7 +37,7 @@
  *
  * Differences from the kernel, all deliberate: a command on an address space that has exited
  * returns -EINVAL (the kernel's READ/WRITE would spin: `dmirror_fault` returns 0 when
- * `mmget_not_zero` fails); EXCLUSIVE returns -EOPNOTSUPP (the core has no make_device_exclusive
+ * `mmget_not_zero` fails); EXCLUSIVE uses the core's makeDeviceExclusive (formerly -EOPNOTSUPP: the core had no make_device_exclusive
  * yet); chunks of coherent devices are fresh ranges rather than the fixed SPM range; an invalidation
  * erases exactly `[start, end)` (the kernel's `xa_for_each_range` also erases the page at `end`).
  *
@@ -68,6 +68,7 @@ import {
   type Mm,
   type MmuIntervalNotifier,
   type MmuNotifierRange,
+  makeDeviceExclusive,
   migratePfn,
   migratePfnToPfn,
   mmuIntervalNotifierInsert,
@@ -718,7 +719,7 @@ export class DmirrorFile {
         ret = this.migrateToSystem(c);
         break;
       case HMM_DMIRROR_EXCLUSIVE:
-        ret = -ERRNO.EOPNOTSUPP;
+        ret = await this.exclusive(c);
         break;
       case HMM_DMIRROR_CHECK_EXCLUSIVE:
         ret = this.checkAtomic(addr, end);
@@ -870,6 +871,35 @@ export class DmirrorFile {
       bounce.cpages++;
     }
     return 0;
+  }
+
+  /**
+   * HMM_DMIRROR_EXCLUSIVE: take exclusive (atomic) access to every page of the range with
+   * makeDeviceExclusive, map each with the ATOMIC tag, then return the data.
+   * @param cmd - the command. @returns 0 or a negative errno (-EFAULT, -EPERM, -EOPNOTSUPP from
+   *   makeDeviceExclusive).
+   * @see dmirror_exclusive, dmirror_atomic_map
+   */
+  async exclusive(cmd: HmmDmirrorCmd): Promise<number> {
+    const start = cmd.addr;
+    const end = start + cmd.npages * PAGE_SIZE;
+    const refs = this.m.mm.refs;
+    for (let addr = start; addr < end; addr += PAGE_SIZE) {
+      const r = await makeDeviceExclusive(this.mm, addr, this.mdevice);
+      if (r.ret !== 0) return r.ret;
+      this.pt.store(addr / PAGE_SIZE, r.page, DPT_XA_TAG_ATOMIC);
+      refs.unlockPage(this.m.pages.compoundHead(r.page));
+      refs.putPage(r.page);
+    }
+    const size = cmd.npages * PAGE_SIZE;
+    const bounce: Bounce = { ptr: new Uint8Array(size), addr: start, cpages: 0 };
+    const ret = this.doRead(start, end, bounce);
+    if (ret === 0) {
+      if (!(cmd.ptr instanceof Uint8Array) || cmd.ptr.length < size) return EFAULT;
+      cmd.ptr.set(bounce.ptr);
+    }
+    cmd.cpages = bounce.cpages;
+    return ret;
   }
 
   /**

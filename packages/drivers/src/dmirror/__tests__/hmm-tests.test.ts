@@ -31,6 +31,8 @@ import {
 } from "@hmmkit/core";
 import { describe, expect, it } from "vitest";
 import {
+  HMM_DMIRROR_CHECK_EXCLUSIVE,
+  HMM_DMIRROR_EXCLUSIVE,
   HMM_DMIRROR_FLAG_FAIL_ALLOC,
   HMM_DMIRROR_FLAGS,
   HMM_DMIRROR_MIGRATE_TO_DEV,
@@ -766,6 +768,82 @@ describe.each(HMM2_VARIANTS)("$name", (variant) => {
     expect(buf.cpages).toBe(np);
     expectInts(await ctx.read(buf.ptr, sz), (i) => i * 3);
     hmmBufferFree(ctx, buf);
+    ctx.teardown();
+  });
+});
+
+// Device-exclusive (atomic) access: the kernel's exclusive, exclusive_mprotect, exclusive_cow.
+describe.each(HMM_VARIANTS)("$name exclusive", (variant) => {
+  const fixture = () => {
+    const ctx = new Ctx();
+    const fd = ctx.open(variant.deviceNumber);
+    return { ctx, fd };
+  };
+  const npages = HMM_BUFFER_NPAGES;
+  const size = npages * PAGE_SIZE;
+  const nints = size / 4;
+
+  it("exclusive", async () => {
+    const { ctx, fd } = fixture();
+    const buf = buffer(ctx.mmap(size, RW, PRIV), size);
+    await ctx.write(
+      buf.ptr,
+      ints(nints, (i) => i),
+    );
+    expect(await hmmDmirrorCmd(fd, HMM_DMIRROR_EXCLUSIVE, buf, npages)).toBe(0);
+    expect(buf.cpages).toBe(npages);
+    expectInts(buf.mirror, (i) => i);
+    // Still atomic-mapped on the device until the CPU touches the pages.
+    expect(await hmmDmirrorCmd(fd, HMM_DMIRROR_CHECK_EXCLUSIVE, buf, npages)).toBe(EPERM);
+    // The CPU reads, then increments every int: each access revokes the device's atomic mapping.
+    expectInts(await ctx.read(buf.ptr, size), (i) => i);
+    await ctx.write(
+      buf.ptr,
+      ints(nints, (i) => i + 1),
+    );
+    expectInts(await ctx.read(buf.ptr, size), (i) => i + 1);
+    expect(await hmmDmirrorCmd(fd, HMM_DMIRROR_CHECK_EXCLUSIVE, buf, npages)).toBe(0);
+    ctx.teardown();
+  });
+
+  it("exclusive_mprotect", async () => {
+    const { ctx, fd } = fixture();
+    const buf = buffer(ctx.mmap(size, RW, PRIV), size);
+    await ctx.write(
+      buf.ptr,
+      ints(nints, (i) => i),
+    );
+    expect(await hmmDmirrorCmd(fd, HMM_DMIRROR_EXCLUSIVE, buf, npages)).toBe(0);
+    expect(buf.cpages).toBe(npages);
+    expectInts(buf.mirror, (i) => i);
+    ctx.t.mm.mprotect(buf.ptr, size, PROT_READ);
+    expect(await hmmDmirrorCmd(fd, HMM_DMIRROR_WRITE, buf, npages)).toBe(EPERM);
+    ctx.teardown();
+  });
+
+  it("exclusive_cow", async () => {
+    const { ctx, fd } = fixture();
+    const buf = buffer(ctx.mmap(size, RW, PRIV), size);
+    await ctx.write(
+      buf.ptr,
+      ints(nints, (i) => i),
+    );
+    expect(await hmmDmirrorCmd(fd, HMM_DMIRROR_EXCLUSIVE, buf, npages)).toBe(0);
+    expect(buf.cpages).toBe(npages);
+    const child = ctx.fork(ctx.t);
+    // fork restores the CPU mappings first; both processes then see their own increments.
+    await ctx.write(
+      buf.ptr,
+      ints(nints, (i) => i + 1),
+      child,
+    );
+    await ctx.write(
+      buf.ptr,
+      ints(nints, (i) => i + 1),
+    );
+    expectInts(await ctx.read(buf.ptr, size, child), (i) => i + 1);
+    expectInts(await ctx.read(buf.ptr, size), (i) => i + 1);
+    expect(await hmmDmirrorCmd(fd, HMM_DMIRROR_CHECK_EXCLUSIVE, buf, npages)).toBe(0);
     ctx.teardown();
   });
 });
