@@ -253,17 +253,7 @@ export class MigrateDevice {
     }
     const pg = this.core.memremap.pgmapOf(startPfn);
     if (pg === undefined || startPfn + npages > pg.endPfn) einval("startPfn", "a range of device pfns inside one live pgmap");
-    for (let i = 0; i < npages; i++) {
-      const pfn = startPfn + i;
-      src[i] = this.pfnLock(pfn);
-      const n = this.core.pages.folioNrPages(pfn);
-      if (src[i] !== 0 && n > 1) {
-        src[i] = setF(src[i] as number, MIGRATE_PFN.COMPOUND);
-        for (let j = 1; j < n && i + j < npages; j++) src[i + j] = 0;
-        i += n - 1;
-      }
-    }
-    this.unmap(src, npages, -1);
+    this.lockAndUnmap(src, npages, (i) => startPfn + i);
     return 0;
   }
 
@@ -280,8 +270,17 @@ export class MigrateDevice {
     for (let i = 0; i < npages; i++) {
       if (this.core.memremap.pgmapOf(src[i] as number) === undefined) einval(`src[${i}]`, "the pfn of a page of a live pgmap");
     }
+    this.lockAndUnmap(src, npages, (i) => src[i] as number);
+    return 0;
+  }
+
+  /**
+   * Lock each device pfn (a large folio gives one COMPOUND entry followed by zeros), then unmap.
+   * `pfnAt(i)` is read before `src[i]` is overwritten.
+   */
+  private lockAndUnmap(src: Float64Array, npages: number, pfnAt: (i: number) => number): void {
     for (let i = 0; i < npages; i++) {
-      const pfn = src[i] as number;
+      const pfn = pfnAt(i);
       src[i] = this.pfnLock(pfn);
       const n = this.core.pages.folioNrPages(pfn);
       if (src[i] !== 0 && n > 1) {
@@ -291,7 +290,6 @@ export class MigrateDevice {
       }
     }
     this.unmap(src, npages, -1);
-    return 0;
   }
 
   /**
