@@ -153,6 +153,10 @@ const SELECT_ALL =
 export class MigrateDevice {
   /** Heads of large folios with PTE-level migration entries (a split PMD or a PTE-mapped folio). */
   private readonly largePteMigration = new Set<number>();
+  /** Pages whose migration entry fork duplicated (finalize walks the rmap for them). */
+  private readonly copiedEntries = new Set<number>();
+  /** Per migrate_vma src array: 1 where the page's only mapping was at start + i * PAGE_SIZE when collected. */
+  private readonly soleMapping = new WeakMap<Float64Array, Uint8Array>();
 
   /** @param core - the mm layer. */
   constructor(private readonly core: MmCore) {}
@@ -211,6 +215,7 @@ export class MigrateDevice {
     args.src.fill(0, 0, nr);
     args.cpages = 0;
     args.npages = 0;
+    this.soleMapping.set(args.src, new Uint8Array(nr));
     this.collect(args);
     if (args.cpages > 0) args.cpages = this.unmap(args.src, args.npages, fp);
     return 0;
@@ -234,7 +239,8 @@ export class MigrateDevice {
    * @see migrate_vma_finalize
    */
   migrateVmaFinalize(args: MigrateVma): void {
-    this.finalizeInner(args.src, args.dst, args.npages, args.faultPage ?? -1);
+    this.finalizeInner(args.src, args.dst, args.npages, args.faultPage ?? -1, args);
+    this.soleMapping.delete(args.src);
   }
 
   /**
@@ -515,6 +521,7 @@ export class MigrateDevice {
         if ((e % 256) & PTE.DIRTY) ps.flags[page] = (ps.flags[page] as number) | PG.dirty;
         mm.pt.setPte(addr, mkSwpEntry(SWP.MIGRATION, page, hasF(mpfn, MIGRATE_PFN.WRITE)));
         ps.mapcount[page] = (ps.mapcount[page] as number) - 1;
+        if ((ps.mapcount[page] as number) === 0) (this.soleMapping.get(args.src) as Uint8Array)[args.npages] = 1;
         if (type === SWP.DEVICE_PRIVATE) mm.rssDevice--;
         else mm.rssAnon--;
         core.refs.putPage(page);
@@ -716,17 +723,32 @@ export class MigrateDevice {
           // A PMD migration entry for a folio that has since been split: split the entry.
           core.huge.splitHugePmd(mm, haddr);
         }
-        const e = mm.pt.getPte(va);
-        if (e === 0 || swpType(e) !== SWP.MIGRATION || entryPayload(e) !== sp) return false;
-        const w = isWrite(e) && (vma.flags & VM.WRITE) !== 0;
-        mm.pt.setPte(va, dstPrivate ? mkSwpEntry(SWP.DEVICE_PRIVATE, dp, w) : mkPte(dp, w) + PTE.YOUNG + (w ? PTE.DIRTY : 0));
-        core.refs.getPage(dp);
-        ps.mapcount[dp] = (ps.mapcount[dp] as number) + 1;
-        if (dstPrivate) mm.rssDevice++;
-        else mm.rssAnon++;
+        this.restorePte(mm, vma, va, sp, dp, dstPrivate);
         return false;
       });
     }
+  }
+
+  /** Replace the migration entry for `sp` at `va` (if it is there) by an entry for `dp`. Returns true if replaced. */
+  private restorePte(mm: Mm, vma: Vma, va: number, sp: number, dp: number, dstPrivate: boolean): boolean {
+    const e = mm.pt.getPte(va);
+    if (e === 0 || swpType(e) !== SWP.MIGRATION || entryPayload(e) !== sp) return false;
+    const w = isWrite(e) && (vma.flags & VM.WRITE) !== 0;
+    mm.pt.setPte(va, dstPrivate ? mkSwpEntry(SWP.DEVICE_PRIVATE, dp, w) : mkPte(dp, w) + PTE.YOUNG + (w ? PTE.DIRTY : 0));
+    this.core.refs.getPage(dp);
+    const ps = this.core.pages;
+    ps.mapcount[dp] = (ps.mapcount[dp] as number) + 1;
+    if (dstPrivate) mm.rssDevice++;
+    else mm.rssAnon++;
+    return true;
+  }
+
+  /**
+   * Record that fork copied a migration entry for `pfn`, so finalize must walk the rmap for it.
+   * @param pfn - the page under migration.
+   */
+  noteMigrationEntryCopy(pfn: number): void {
+    this.copiedEntries.add(this.core.pages.compoundHead(pfn));
   }
 
   private pfnLock(pfn: number): number {
@@ -959,9 +981,10 @@ export class MigrateDevice {
 
   // ---------------------------------------------------------------- finalize
 
-  private finalizeInner(src: Float64Array, dst: Float64Array, npages: number, fp: number): void {
+  private finalizeInner(src: Float64Array, dst: Float64Array, npages: number, fp: number, migrate?: MigrateVma): void {
     const core = this.core;
     const ps = core.pages;
+    const sole = migrate === undefined ? undefined : this.soleMapping.get(src);
     const faultFolio = fp >= 0 ? ps.compoundHead(fp) : -1;
     let ok = 0;
     let failed = 0;
@@ -987,7 +1010,18 @@ export class MigrateDevice {
         failed += n;
       } else ok += n;
       if (!((ps.flags[dstHead] as number) & PG.zoneDevice)) core.lru.add(dstHead);
-      this.removeMigrationPtes(srcHead, dstHead);
+      // Fast path: the page had one mapping, at the address it was collected from (no fork copied
+      // its migration entry since); otherwise walk the rmap as remove_migration_ptes does.
+      let restored = false;
+      if (sole !== undefined && migrate !== undefined && sole[i] === 1 && n === 1 && !this.copiedEntries.has(srcHead)) {
+        const va = migrate.start + i * PAGE_SIZE;
+        const vma = migrate.mm.findVma(va);
+        if (vma !== undefined)
+          restored = this.restorePte(migrate.mm, vma, va, srcHead, dstHead, core.memremap.pgmapOf(dstHead)?.type === MEMORY_DEVICE_PRIVATE);
+        if (!restored && migrate.mm.pt.getPte(va) === 0) restored = true; // unmapped meanwhile: nothing to restore
+      }
+      if (!restored) this.removeMigrationPtes(srcHead, dstHead);
+      this.copiedEntries.delete(srcHead);
       if (srcHead !== faultFolio) core.refs.unlockPage(srcHead);
       core.refs.putPage(srcHead);
       if (dstHead !== srcHead) {

@@ -123,6 +123,7 @@ export class Forker {
     }
     switch (type) {
       case SWP.MIGRATION: {
+        core.migrate.noteMigrationEntryCopy(pfn);
         const ro = withBits(e, 0, PTE.WRITE);
         t[i] = ro;
         return ro;
