@@ -19,6 +19,7 @@ import { PAGE_SIZE } from "../phys/page-state";
 import { einval, HmmError } from "../sim/errors";
 import type { MmCore } from "./mm-core";
 import { MMU_NOTIFY, MmuNotifierState, mmuNotifyRange } from "./mmu-notifier";
+import { mremap } from "./mremap";
 import { PageTable, PMD_SIZE } from "./page-table";
 import {
   MADV_DOFORK,
@@ -35,16 +36,17 @@ import {
   PROT_READ,
   PROT_WRITE,
   protToVm,
+  TASK_SIZE,
   VM,
   Vma,
 } from "./vma";
+
+export { TASK_SIZE };
 
 /** Top of the mmap area (top-down allocation below it). @see mmap_base */
 export const MMAP_BASE = 0x7f0000000000;
 /** Lowest address mmap hands out. @see mmap_min_addr */
 export const MMAP_MIN_ADDR = 0x10000;
-/** One past the highest user address (47-bit). @see TASK_SIZE */
-export const TASK_SIZE = 0x800000000000;
 
 /**
  * An address space.
@@ -206,6 +208,24 @@ export class Mm {
       else if (advice === MADV_DONTFORK) v.flags |= VM.DONTCOPY;
       else v.flags &= ~VM.DONTCOPY;
     }
+  }
+
+  /**
+   * Grow, shrink or move a mapping (see mremap.ts for every outcome).
+   * @param oldAddr - page aligned. @param oldSize - bytes. @param newSize - bytes, > 0.
+   * @param flags - MREMAP_MAYMOVE | MREMAP_FIXED | MREMAP_DONTUNMAP. @param newAddr - target with MREMAP_FIXED.
+   * @returns the mapping's new address.
+   * @throws HmmError EINVAL, EFAULT, ENOMEM as mremap(2).
+   * @see mremap(2)
+   */
+  mremap(oldAddr: number, oldSize: number, newSize: number, flags: number, newAddr = 0): number {
+    this.checkAlive();
+    return mremap(this, oldAddr, oldSize, newSize, flags, newAddr);
+  }
+
+  /** @internal A free, aligned gap of `len` bytes (top-down), for mmap and mremap. */
+  unmappedAreaFor(len: number, align: number): number {
+    return this.unmappedArea(len, align);
   }
 
   /** @internal Unmap a page-aligned range (no argument checks). */

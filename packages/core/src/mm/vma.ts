@@ -123,3 +123,13 @@ export class Vma {
 export function protToVm(prot: number): number {
   return (prot & PROT_READ ? VM.READ : 0) | (prot & PROT_WRITE ? VM.WRITE : 0) | (prot & PROT_EXEC ? VM.EXEC : 0);
 }
+
+/** One past the highest user address (47-bit). @see TASK_SIZE */
+export const TASK_SIZE = 0x800000000000;
+
+/** mremap flags. @see include/uapi/linux/mman.h */
+export const MREMAP_MAYMOVE = 1;
+/** @see MREMAP_FIXED */
+export const MREMAP_FIXED = 2;
+/** @see MREMAP_DONTUNMAP */
+export const MREMAP_DONTUNMAP = 4;
