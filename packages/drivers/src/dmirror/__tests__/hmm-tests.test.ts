@@ -22,6 +22,9 @@ import {
   MAP_SHARED,
   MIGRATE_VMA_SELECT,
   type MigrateVma,
+  MREMAP_DONTUNMAP,
+  MREMAP_FIXED,
+  MREMAP_MAYMOVE,
   PAGE_SIZE,
   PROT_NONE,
   PROT_READ,
@@ -524,6 +527,48 @@ describe.each(HMM_VARIANTS)("$name", (variant) => {
           expectInts(rest, (i) => i + base);
         }
         hmmBufferFree(ctx, buf);
+      }
+    }
+    ctx.teardown();
+  });
+
+  it("migrate_remap_fault", async () => {
+    const { ctx, fd } = fixture();
+    const ONEMEG = 1 << 20;
+    const offsets = [0, 512 * 1024, ONEMEG];
+    for (let before = 0; before < 2; ++before) {
+      for (let dontUnmap = 0; dontUnmap < 2; ++dontUnmap) {
+        for (let useThp = 0; useThp < 2; ++useThp) {
+          for (const off of offsets) {
+            const flags = MREMAP_MAYMOVE | MREMAP_FIXED | (dontUnmap ? MREMAP_DONTUNMAP : 0);
+            const whole = ctx.mmap(8 * TWOMEG, RW, PRIV);
+            const map = align(whole, TWOMEG);
+            ctx.t.mm.madvise(map, TWOMEG, useThp ? MADV_HUGEPAGE : MADV_NOHUGEPAGE);
+            ctx.t.mm.munmap(map + TWOMEG, 2 * TWOMEG);
+            const buf = buffer(map, TWOMEG);
+            await ctx.write(
+              map,
+              ints(TWOMEG / 4, (i) => i),
+            );
+            let newPtr = map;
+            if (before) {
+              newPtr = ctx.t.mm.mremap(map, TWOMEG, TWOMEG, flags, map + TWOMEG + off);
+              buf.ptr = newPtr;
+            }
+            expect(await hmmMigrateSysToDev(fd, buf, thpPages)).toBe(0);
+            expect(buf.cpages).toBe(thpPages);
+            expectInts(buf.mirror, (i) => i);
+            if (!before) {
+              newPtr = ctx.t.mm.mremap(map, TWOMEG, TWOMEG, flags, map + TWOMEG + off);
+              buf.ptr = newPtr;
+            }
+            expect(newPtr).toBe(map + TWOMEG + off);
+            // Fault the pages back to system memory at the new address and check them.
+            expectInts(await ctx.read(newPtr, TWOMEG), (i) => i);
+            ctx.t.mm.munmap(whole, 8 * TWOMEG);
+            ctx.t.mm.munmap(newPtr, TWOMEG);
+          }
+        }
       }
     }
     ctx.teardown();
