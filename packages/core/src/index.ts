@@ -93,6 +93,7 @@ export {
 export { AnonVma, Rmap, ShmemObject } from "./mm/rmap";
 export { ThpReservation, ThpReservations } from "./mm/thp-reserve";
 export {
+  MADV_COLLAPSE,
   MADV_DOFORK,
   MADV_DONTFORK,
   MADV_DONTNEED,

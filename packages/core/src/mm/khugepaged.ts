@@ -118,17 +118,19 @@ export class Khugepaged {
   /**
    * Collapse the PTE-mapped range at `haddr` into a new THP, if `max_ptes_none` allows.
    * @param mm - address space. @param vma - its VMA. @param haddr - 2 MiB-aligned address.
+   * @param madvCollapse - called for MADV_COLLAPSE: ignore max_ptes_none, allow direct compaction.
    * @returns true if collapsed.
    * @see collapse_huge_page
    */
-  collapseHugePage(mm: Mm, vma: Vma, haddr: number): boolean {
+  collapseHugePage(mm: Mm, vma: Vma, haddr: number, madvCollapse = false): boolean {
     const core = this.core;
     const ps = core.pages;
     const t = mm.pt.pteTable(haddr);
     if (t === undefined) return false;
     const { none, collapsible } = scanPmdRange(core, mm, haddr);
-    if (!collapsible || none > core.config.khugepagedMaxPtesNone || none === HPAGE_PMD_NR) return false;
-    const np = core.alloc.allocPages(HPAGE_PMD_ORDER, GFP.TRANSHUGE | GFP.NORETRY);
+    // MADV_COLLAPSE ignores max_ptes_none (cc->is_khugepaged is false in the kernel).
+    if (!collapsible || (!madvCollapse && none > core.config.khugepagedMaxPtesNone) || none === HPAGE_PMD_NR) return false;
+    const np = core.alloc.allocPages(HPAGE_PMD_ORDER, GFP.TRANSHUGE | (madvCollapse ? 0 : GFP.NORETRY));
     if (np < 0) {
       core.vmstat.c.thp_collapse_alloc_failed++;
       return false;

@@ -20,8 +20,9 @@ import { einval, HmmError } from "../sim/errors";
 import type { MmCore } from "./mm-core";
 import { MMU_NOTIFY, MmuNotifierState, mmuNotifyRange } from "./mmu-notifier";
 import { mremap } from "./mremap";
-import { PageTable, PMD_SIZE } from "./page-table";
+import { isHuge, PageTable, PMD_SIZE } from "./page-table";
 import {
+  MADV_COLLAPSE,
   MADV_DOFORK,
   MADV_DONTFORK,
   MADV_DONTNEED,
@@ -179,7 +180,7 @@ export class Mm {
   /**
    * Give advice about `[addr, addr + length)`.
    * @param addr - page aligned. @param length - bytes, > 0.
-   * @param advice - MADV_DONTNEED, MADV_FREE, MADV_HUGEPAGE, MADV_NOHUGEPAGE, MADV_DONTFORK, MADV_DOFORK.
+   * @param advice - MADV_DONTNEED, MADV_FREE, MADV_HUGEPAGE, MADV_NOHUGEPAGE, MADV_DONTFORK, MADV_DOFORK, MADV_COLLAPSE.
    * @throws HmmError EINVAL for unknown advice or bad range; ENOMEM if part of the range is unmapped.
    * @see do_madvise, madvise(2)
    */
@@ -187,10 +188,14 @@ export class Mm {
     this.checkAlive();
     this.checkRange(addr, length, true);
     const end = addr + Math.ceil(length / PAGE_SIZE) * PAGE_SIZE;
-    const known = [MADV_DONTNEED, MADV_FREE, MADV_HUGEPAGE, MADV_NOHUGEPAGE, MADV_DONTFORK, MADV_DOFORK];
+    const known = [MADV_DONTNEED, MADV_FREE, MADV_HUGEPAGE, MADV_NOHUGEPAGE, MADV_DONTFORK, MADV_DOFORK, MADV_COLLAPSE];
     if (!known.includes(advice)) einval("advice", `one of MADV_DONTNEED/FREE/HUGEPAGE/NOHUGEPAGE/DONTFORK/DOFORK, got ${advice}`);
     if (length === 0) return;
     this.checkFullyMapped(addr, end, "madvise");
+    if (advice === MADV_COLLAPSE) {
+      this.madviseCollapse(addr, end);
+      return;
+    }
     if (advice === MADV_FREE && this.vmasIn(addr, end).some((v) => v.shared))
       einval("advice", "MADV_FREE on private anonymous memory only (a shared range was given)");
     if (advice === MADV_DONTNEED || advice === MADV_FREE) {
@@ -226,6 +231,31 @@ export class Mm {
   /** @internal A free, aligned gap of `len` bytes (top-down), for mmap and mremap. */
   unmappedAreaFor(len: number, align: number): number {
     return this.unmappedArea(len, align);
+  }
+
+  /**
+   * MADV_COLLAPSE: collapse every whole 2 MiB range of `[start, end)` into a THP now, whatever the
+   * THP mode (the VMA must not be MADV_NOHUGEPAGE). Ranges already PMD-mapped count as done.
+   * @throws HmmError EINVAL (shared or NOHUGEPAGE VMA), EAGAIN (a range could not be collapsed:
+   *   pinned/shared/non-present pages), ENOMEM (no order-9 block).
+   * @see madvise_collapse
+   */
+  private madviseCollapse(start: number, end: number): void {
+    let failed = false;
+    for (let haddr = Math.ceil(start / PMD_SIZE) * PMD_SIZE; haddr + PMD_SIZE <= end; haddr += PMD_SIZE) {
+      const vma = this.findVma(haddr);
+      if (vma === undefined || haddr + PMD_SIZE > vma.end) continue;
+      if (vma.shared || vma.flags & VM.NOHUGEPAGE) einval("addr", "a private anonymous range without MADV_NOHUGEPAGE for MADV_COLLAPSE");
+      const pmd = this.pt.getPmd(haddr);
+      if (pmd !== 0 && isHuge(pmd)) continue;
+      const free0 = this.core.vmstat.c.thp_collapse_alloc_failed;
+      if (!this.core.khugepaged.collapseHugePage(this, vma, haddr, true)) {
+        if (this.core.vmstat.c.thp_collapse_alloc_failed > free0)
+          throw new HmmError("ENOMEM", `no order-9 block to collapse 0x${haddr.toString(16)}`, "addr");
+        failed = true;
+      }
+    }
+    if (failed) throw new HmmError("EAGAIN", "some ranges could not be collapsed", "addr");
   }
 
   /** @internal Unmap a page-aligned range (no argument checks). */

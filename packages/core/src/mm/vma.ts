@@ -37,6 +37,8 @@ export const MADV_FREE = 8;
 export const MADV_HUGEPAGE = 14;
 /** @see MADV_NOHUGEPAGE */
 export const MADV_NOHUGEPAGE = 15;
+/** Synchronously collapse the range into THPs. @see MADV_COLLAPSE */
+export const MADV_COLLAPSE = 25;
 /** @see MADV_DONTFORK */
 export const MADV_DONTFORK = 10;
 /** @see MADV_DOFORK */
