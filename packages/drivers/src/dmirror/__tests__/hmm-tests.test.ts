@@ -12,6 +12,7 @@
  */
 import {
   entryPayload,
+  FOLL,
   isHuge,
   isPresent,
   MADV_FREE,
@@ -419,6 +420,46 @@ describe.each(HMM_VARIANTS)("$name", (variant) => {
     expect(await hmmDmirrorCmd(fd, HMM_DMIRROR_SNAPSHOT, buf, np)).toBe(0);
     expect(buf.cpages).toBe(np);
     expect(Array.from(buf.mirror.subarray(0, np))).toEqual(new Array(np).fill(HMM_DMIRROR_PROT_WRITE));
+    hmmBufferFree(ctx, buf);
+    ctx.teardown();
+  });
+
+  it("hmm_gup_test", async () => {
+    const { ctx, fd } = fixture();
+    const np = 4;
+    const sz = np * PAGE_SIZE;
+    const buf = buffer(ctx.mmap(sz, RW, PRIV), sz);
+    await ctx.write(
+      buf.ptr,
+      ints(sz / 4, (i) => i),
+    );
+    expect(await hmmMigrateSysToDev(fd, buf, np)).toBe(0);
+    expect(buf.cpages).toBe(np);
+    // Pages 0 and 1: ordinary pins; pages 2 and 3: FOLL_LONGTERM pins (the kernel test uses the
+    // gup_test ioctls GUP_BASIC, GUP_FAST, PIN_FAST|LONGTERM, PIN_LONGTERM; hmmkit has one pin API).
+    const pinpage = ctx.m.mm.pinpage;
+    const pfns = new Float64Array(np);
+    for (let i = 0; i < np; i++) {
+      const flags = FOLL.WRITE | (i >= 2 ? FOLL.LONGTERM : 0);
+      expect(await pinpage.pinUserPages(ctx.t.mm, buf.ptr + i * PAGE_SIZE, 1, flags, pfns.subarray(i, i + 1))).toBe(1);
+    }
+    expect(await hmmDmirrorCmd(fd, HMM_DMIRROR_SNAPSHOT, buf, np)).toBe(0);
+    expect(buf.cpages).toBe(np);
+    const m = Array.from(buf.mirror.subarray(0, np));
+    if (variant.coherent) {
+      // Coherent memory may be pinned short-term in place; long-term pins move it to system memory.
+      expect(m).toEqual([
+        HMM_DMIRROR_PROT_DEV_COHERENT_LOCAL | HMM_DMIRROR_PROT_WRITE,
+        HMM_DMIRROR_PROT_DEV_COHERENT_LOCAL | HMM_DMIRROR_PROT_WRITE,
+        HMM_DMIRROR_PROT_WRITE,
+        HMM_DMIRROR_PROT_WRITE,
+      ]);
+    } else {
+      // Device-private pages can never be pinned: GUP faults them back to system memory first.
+      expect(m).toEqual(new Array(np).fill(HMM_DMIRROR_PROT_WRITE));
+    }
+    expectInts(await ctx.read(buf.ptr, sz), (i) => i);
+    pinpage.unpinUserPages(pfns, np);
     hmmBufferFree(ctx, buf);
     ctx.teardown();
   });
