@@ -34,7 +34,7 @@ import { HugeMemory } from "./huge-memory";
 import { Khugepaged } from "./khugepaged";
 import { Lru } from "./lru";
 import { Mm } from "./mm";
-import { MMU_NOTIFY, mmuNotifierInvalidateRangeEnd, mmuNotifierInvalidateRangeStart } from "./mmu-notifier";
+import { MMU_NOTIFY, mmuNotifierInvalidateRangeEnd, mmuNotifierInvalidateRangeStart, mmuNotifyRange } from "./mmu-notifier";
 import { PageRefs } from "./page-ref";
 import { AnonVma, Rmap, ShmemObject } from "./rmap";
 import { ThpReservations } from "./thp-reserve";
@@ -220,13 +220,14 @@ export class MmCore {
     const range = { mm, start: 0, end: Number.MAX_SAFE_INTEGER, event: MMU_NOTIFY.RELEASE, owner: undefined, blockable: true };
     mmuNotifierInvalidateRangeEnd(range, mmuNotifierInvalidateRangeStart(range));
     for (const v of [...mm.vmas]) {
+      // exit_mmap: after the RELEASE above, unmap_vmas notifies UNMAP for every VMA.
+      mmuNotifyRange(mm, v.start, v.end, MMU_NOTIFY.UNMAP);
       this.fault.zapRange(mm, v, v.start, v.end);
       mm.removeVma(v);
       this.fault.freePgtables(mm, v.start, v.end);
       const obj = this.rmap.get(v.mapping);
       obj?.mms.delete(mm);
     }
-    mm.notifiers.subs.length = 0;
     mm.dead = true;
   }
 

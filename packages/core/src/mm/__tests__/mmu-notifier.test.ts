@@ -109,10 +109,13 @@ describe("mmu_interval_notifier sequence protocol", () => {
     m.mm.exit(c); // the child's mm has no subscription
     expect(seen.length).toBe(4);
     m.mm.exit(t);
-    const last = seen[seen.length - 1] as Seen;
-    expect(last.event).toBe(MMU_NOTIFY.RELEASE);
-    expect(last.start).toBe(0);
-    expect(last.end).toBeGreaterThanOrEqual(2 ** 47);
+    // exit_mmap: RELEASE over the whole address space, then UNMAP for each VMA (unmap_vmas).
+    const release = seen[4] as Seen;
+    expect(release.event).toBe(MMU_NOTIFY.RELEASE);
+    expect(release.start).toBe(0);
+    expect(release.end).toBeGreaterThanOrEqual(2 ** 47);
+    expect(seen.slice(5).map((s) => s.event)).toEqual(seen.slice(5).map(() => MMU_NOTIFY.UNMAP));
+    expect(seen.length).toBeGreaterThan(5);
     // strictly increasing odd sequence numbers, one per invalidation
     const seqs = seen.map((s) => s.seq);
     expect(seqs.every((s) => s % 2 === 1)).toBe(true);
