@@ -328,6 +328,8 @@ export class FaultHandler {
       if (pfn === core.zeroPfn || core.huge.isHugeZeroPfn(pfn)) return;
       ps.mapcount[pfn] = (ps.mapcount[pfn] as number) - 1;
       if (!vma.shared) mm.rssAnon--;
+      if ((ps.mapcount[pfn] as number) === 0 && (ps.flags[pfn] as number) & (PG.head | PG.tail))
+        core.huge.deferredSplitFolio(ps.compoundHead(pfn));
       core.refs.putPage(pfn);
       return;
     }

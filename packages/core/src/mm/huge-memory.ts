@@ -35,6 +35,8 @@ import { VM, type Vma } from "./vma";
 export class HugeMemory {
   /** Head pfn of the huge zero page, or -1 before first use. @see huge_zero_folio */
   hugeZeroPfn = -1;
+  /** Partly unmapped THPs waiting to be split under memory pressure. @see struct deferred_split */
+  private readonly deferred = new Set<number>();
 
   /** @param core - the mm layer. */
   constructor(private readonly core: MmCore) {}
@@ -344,6 +346,49 @@ export class HugeMemory {
     core.vmstat.c.thp_split_page++;
     if (core.bus.wants("mm_split_huge_page")) core.bus.emit("mm_split_huge_page", { pfn: head });
     return true;
+  }
+
+  /**
+   * Queue a PTE-mapped THP that lost some (not all) of its mappings, so that memory pressure can
+   * split it and free its unmapped subpages.
+   * @param head - folio head. @see deferred_split_folio
+   */
+  deferredSplitFolio(head: number): void {
+    const core = this.core;
+    const ps = core.pages;
+    if (!((ps.flags[head] as number) & PG.head) || (ps.flags[head] as number) & PG.zoneDevice || this.deferred.has(head)) return;
+    if (core.rmap.folioMapcount(head) === 0) return; // fully unmapped: it is freed, not split
+    this.deferred.add(head);
+    core.vmstat.c.thp_deferred_split_page++;
+  }
+
+  /**
+   * The deferred-split shrinker: split every queued THP that nothing but its mappings holds,
+   * freeing its unmapped subpages.
+   * @returns base pages freed.
+   * @see deferred_split_scan
+   */
+  deferredSplitScan(): number {
+    const core = this.core;
+    const ps = core.pages;
+    let freed = 0;
+    for (const head of [...this.deferred]) {
+      this.deferred.delete(head);
+      if (!((ps.flags[head] as number) & PG.head) || (ps.refcount[head] as number) === 0) continue;
+      const free0 = core.alloc.nrFreePages;
+      core.refs.getPage(head);
+      if (!core.refs.trylockPage(head)) {
+        core.refs.putPage(head);
+        this.deferred.add(head);
+        continue;
+      }
+      const ok = this.splitFolio(head, 1);
+      core.refs.unlockPage(head);
+      core.refs.putPage(head);
+      if (!ok) this.deferred.add(head);
+      freed += core.alloc.nrFreePages - free0;
+    }
+    return freed;
   }
 
   /** @internal Make a huge device-private PMD entry. */

@@ -147,6 +147,7 @@ export class MmCore {
     this.zeroPfn = pfn;
     this.refs.zoneDeviceFree = (head) => this.memremap.freeZoneDeviceFolio(head);
     this.shrinkers.push(() => this.thpRes.releaseAll() > 0);
+    this.shrinkers.push(() => this.huge.deferredSplitScan() > 0);
     // Direct compaction for costly orders (__alloc_pages_direct_compact).
     this.shrinkers.push((zone, order) => {
       if (order === 0) return false;

@@ -52,6 +52,8 @@ export function zeroCounters() {
     thp_split_page: 0,
     /** PMD mappings split. @see THP_SPLIT_PMD */
     thp_split_pmd: 0,
+    /** Partly unmapped THPs queued for splitting under memory pressure. @see THP_DEFERRED_SPLIT_PAGE */
+    thp_deferred_split_page: 0,
     /** Huge zero page allocations. @see THP_ZERO_PAGE_ALLOC */
     thp_zero_page_alloc: 0,
     /** Pages swapped in. @see PSWPIN */
