@@ -39,6 +39,9 @@ export interface MachineConfig {
   /** CMA area reserved at boot at the bottom of node 0, in MiB: 0 (none) or an even number smaller
    *  than node 0. Default 0. @see the `cma=` kernel parameter */
   cmaMiB?: number;
+  /** Size of the emulated swap device in MiB: 0 (no swap: anonymous pages are never reclaimed)
+   *  or 1..65536. Default 0. @see swapon(8), /proc/swaps */
+  swapMiB?: number;
 }
 
 /** A configuration with every default filled in. */
@@ -88,8 +91,12 @@ export function validateMachineConfig(cfg: MachineConfig): MachineConfigResolved
   if (!Number.isInteger(cmaMiB) || cmaMiB < 0 || cmaMiB % 2 !== 0 || cmaMiB >= (ramMiB[0] as number)) {
     einval("config.cmaMiB", `0 or an even number of MiB smaller than node 0 (${ramMiB[0]} MiB), got ${cmaMiB}`);
   }
+  const swapMiB = cfg.swapMiB ?? 0;
+  if (!Number.isInteger(swapMiB) || swapMiB < 0 || swapMiB > 65536)
+    einval("config.swapMiB", `an integer number of MiB in 0..65536, got ${swapMiB}`);
   return {
     cmaMiB,
+    swapMiB,
     seed,
     ramMiB: [...ramMiB],
     thp,

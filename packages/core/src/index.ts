@@ -91,6 +91,8 @@ export {
   withBits,
 } from "./mm/page-table";
 export { AnonVma, Rmap, ShmemObject } from "./mm/rmap";
+export { SWAPOUT, Swap, type SwapoutResult } from "./mm/swap";
+export { type FrontswapOps, SWAP_MAP_MAX, SWAP_SLOTS_PER_MIB, SwapInfo, type SwapSlotOwner } from "./mm/swapfile";
 export { ThpReservation, ThpReservations } from "./mm/thp-reserve";
 export {
   MADV_COLLAPSE,
@@ -115,6 +117,14 @@ export {
   VM,
   Vma,
 } from "./mm/vma";
+export {
+  DEF_PRIORITY,
+  KSWAPD_BATCH_NS,
+  MAX_RECLAIM_RETRIES,
+  PAGE_ALLOC_COSTLY_ORDER,
+  SWAP_CLUSTER_MAX,
+  Vmscan,
+} from "./mm/vmscan";
 export {
   type AllocHooks,
   Contents,

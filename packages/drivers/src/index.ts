@@ -47,3 +47,111 @@ export {
 
 /** Version of @hmmkit/drivers, kept equal to the `version` field of its package.json. */
 export const VERSION = "0.1.0";
+
+// nouveau-like GPU driver, migration policies (issue 5)
+export {
+  type DmemHost,
+  MigrationBatch,
+  type MigrationCause,
+  NOUVEAU_DMEM_CHUNK_PAGES,
+  NOUVEAU_DMEM_SECTION_CHUNKS,
+  NOUVEAU_MIGRATE_WINDOW,
+  NouveauDmem,
+  type NouveauStats,
+  WindowJob,
+  type WindowResult,
+  zeroNouveauStats,
+} from "./nouveau/nouveau-dmem";
+export { NouveauModule, type NouveauOptions, type NouveauOwner } from "./nouveau/nouveau-drm";
+export { NouveauDriver, type NouveauEvents, type NouveauModuleHost, NouveauSvmm } from "./nouveau/nouveau-svm";
+export { type AccessCounterPolicyOptions, accessCounterPolicy } from "./nouveau/policies/access-counters";
+export { lruEvictionPolicy, treeEvictionPolicy } from "./nouveau/policies/eviction";
+export { firstTouchPolicy } from "./nouveau/policies/first-touch";
+export { type ThrashPinOptions, thrashPinPolicy } from "./nouveau/policies/thrash-pin";
+export { type TreePrefetchOptions, treePrefetchPolicy } from "./nouveau/policies/tree-prefetch";
+export {
+  composePolicies,
+  type EvictionCandidates,
+  type EvictionChoice,
+  type MigrationPolicy,
+  POLICY_MIGRATE,
+  POLICY_PIN,
+  POLICY_REMOTE,
+  type PolicyAccessCounterBatch,
+  type PolicyContext,
+  type PolicyDecision,
+  type PolicyFactory,
+  type PolicyFaultBatch,
+  type PrefetchRequest,
+  RESIDENCY_CPU,
+  RESIDENCY_NONE,
+  type ThrashingEvent,
+  type ThrashingParams,
+  UVM_DEFAULTS,
+} from "./nouveau/policy";
+export { DEFAULT_THRASHING, resolveThrashing, THRASH_PROC_CPU, ThrashingTracker } from "./nouveau/thrashing";
+export {
+  H_AUTHORITY,
+  H_P2,
+  H_P3,
+  H_PAGE_IN_SHARED,
+  H_PARAMETER,
+  H_STATE,
+  H_SUCCESS,
+  H_SVM,
+  H_UNSUPPORTED,
+  KVMPPC_GFN_FLAG_MASK,
+  KVMPPC_GFN_MEM_PFN,
+  KVMPPC_GFN_SECURE,
+  KVMPPC_GFN_SHARED,
+  KVMPPC_GFN_UVMEM_PFN,
+  KVMPPC_SECURE_INIT_ABORT,
+  KVMPPC_SECURE_INIT_DONE,
+  KVMPPC_SECURE_INIT_START,
+  Kvm,
+  type KvmMemorySlot,
+  type KvmOptions,
+  KvmppcUvmem,
+  type KvmppcUvmemOptions,
+  KvmppcUvmemSlot,
+  type KvmppcUvmemStats,
+} from "./uvmem/book3s-hv-uvmem";
+export { Mutex } from "./uvmem/mutex";
+export { SvmGuest } from "./uvmem/svm";
+export {
+  U_P2,
+  U_P3,
+  U_PARAMETER,
+  U_PERMISSION,
+  U_SUCCESS,
+  Ultravisor,
+  type UltravisorEvents,
+  type UltravisorOptions,
+  type UltravisorStats,
+  UV_CALL,
+  UV_TAG_BYTES,
+  type UvPageInEvent,
+  type UvPageOutEvent,
+  type UvRejectEvent,
+} from "./uvmem/ultravisor";
+export {
+  SizeClass,
+  ZS_CHAIN_SIZE,
+  ZS_MAX_ALLOC_SIZE,
+  ZS_MIN_ALLOC_SIZE,
+  ZS_SIZE_CLASS_DELTA,
+  ZS_SIZE_CLASSES,
+  ZsPool,
+  Zspage,
+} from "./zswap/zsmalloc";
+export {
+  validateZswapOptions,
+  ZSWAP_COMPRESSORS,
+  ZSWAP_MAX_RECLAIM_RETRIES,
+  Zswap,
+  type ZswapCompressor,
+  type ZswapDebugfs,
+  type ZswapOptions,
+  zswapCompress,
+  zswapDecompress,
+} from "./zswap/zswap";

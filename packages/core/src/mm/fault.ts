@@ -210,9 +210,17 @@ export class FaultHandler {
         return 0;
       }
     }
+    // Hold the source while allocating: direct reclaim inside the allocation must not take it.
+    if (!isZero) core.refs.getPage(pfn);
     const np = core.allocUserPage(isZero);
-    if (np < 0) return VM_FAULT.OOM;
-    if (!isZero) core.contents.copyPages(np, pfn, 1);
+    if (np < 0) {
+      if (!isZero) core.refs.putPage(pfn);
+      return VM_FAULT.OOM;
+    }
+    if (!isZero) {
+      core.contents.copyPages(np, pfn, 1);
+      core.refs.putPage(pfn);
+    }
     core.rmap.addNewAnon(np, vma.mapping, vma.pageIndex(addr), false);
     core.vmstat.c.nr_anon_pages++;
     core.lru.add(np);

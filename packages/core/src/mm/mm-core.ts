@@ -37,8 +37,11 @@ import { Mm } from "./mm";
 import { MMU_NOTIFY, mmuNotifierInvalidateRangeEnd, mmuNotifierInvalidateRangeStart, mmuNotifyRange } from "./mmu-notifier";
 import { PageRefs } from "./page-ref";
 import { AnonVma, Rmap, ShmemObject } from "./rmap";
+import { Swap } from "./swap";
+import { SWAP_SLOTS_PER_MIB } from "./swapfile";
 import { ThpReservations } from "./thp-reserve";
 import type { Vma } from "./vma";
+import { Vmscan } from "./vmscan";
 
 /**
  * A task: one process with one thread, owning an address space.
@@ -93,6 +96,10 @@ export class MmCore {
   readonly compaction: Compaction;
   /** CMA, alloc_contig_range and memory offlining. @see mm/cma.c, mm/memory_hotplug.c */
   readonly cma: Cma;
+  /** Swap-out, swap-in and the swap device (`swap.device`, with `swapMiB` > 0). @see mm/swapfile.c, mm/swap_state.c */
+  readonly swap: Swap;
+  /** Reclaim: LRU aging, kswapd, direct reclaim. @see mm/vmscan.c */
+  readonly vmscan: Vmscan;
   /** The zero page's pfn. @see ZERO_PAGE */
   zeroPfn = -1;
   /** Live tasks by pid. */
@@ -133,6 +140,8 @@ export class MmCore {
     this.pinpage = new Pinpage(this);
     this.compaction = new Compaction(this);
     this.cma = new Cma(this);
+    this.swap = new Swap(this);
+    this.vmscan = new Vmscan(this);
   }
 
   /**
@@ -155,6 +164,19 @@ export class MmCore {
       return this.compaction.compactZone(zone, order).status === COMPACT.SUCCESS;
     });
     if (this.config.cmaMiB > 0) this.cma.reserve(this.config.cmaMiB * 256);
+    if (this.config.swapMiB > 0) {
+      // swapon: swap entries now resolve through the swap layer; reclaim can swap anon pages out.
+      this.swap.swapon(this.config.swapMiB * SWAP_SLOTS_PER_MIB);
+      this.swapIn = (mm, vma, va, entry, write) => this.swap.doSwapPage(mm, vma, va, entry, write);
+      this.swapFree = (slot) => this.swap.freeEntry(slot);
+      this.swapDup = (slot) => this.swap.dupEntry(slot);
+      this.shrinkers.push((zone, order) => this.vmscan.tryToFreePages(zone, order));
+      const prevLow = this.alloc.hooks.onLowWatermark;
+      this.alloc.hooks.onLowWatermark = (zone) => {
+        prevLow?.(zone);
+        this.vmscan.wakeupKswapd(zone);
+      };
+    }
     const prev = this.alloc.hooks.onAllocFail;
     this.alloc.hooks.onAllocFail = (zone, order, gfp) => {
       let progress = prev ? prev(zone, order, gfp) : false;
@@ -173,6 +195,7 @@ export class MmCore {
   /** Exit every task and stop khugepaged (machine teardown). */
   shutdown(): void {
     this.khugepaged.stop();
+    this.vmscan.stop();
     for (const t of [...this.tasks.values()]) this.exit(t);
   }
 
@@ -277,7 +300,17 @@ export class MmCore {
       const addr = va + off;
       const pfn = this.fault.followPte(mm, addr, write);
       if (pfn < 0) {
-        let r = this.fault.handleMmFault(mm, addr, write);
+        // Reclaim spares the page at the faulting address while the handler runs (swap.ts).
+        const swap = this.swap;
+        swap.faultMm = mm;
+        swap.faultVa = addr - (addr % PAGE_SIZE);
+        let r: number | Promise<number>;
+        try {
+          r = this.fault.handleMmFault(mm, addr, write);
+        } finally {
+          swap.faultMm = undefined;
+          swap.faultVa = -1;
+        }
         if (typeof r !== "number") r = await r;
         if (r !== 0) throw this.faultError(r, addr, write);
         if (++retries > 64) throw new BugError("fault-livelock", `fault at 0x${addr.toString(16)} retried 64 times without progress`);
