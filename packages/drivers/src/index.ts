@@ -63,11 +63,21 @@ export {
   zeroNouveauStats,
 } from "./nouveau/nouveau-dmem";
 export { NouveauModule, type NouveauOptions, type NouveauOwner } from "./nouveau/nouveau-drm";
-export { NouveauDriver, type NouveauEvents, type NouveauModuleHost, NouveauSvmm } from "./nouveau/nouveau-svm";
+export {
+  type EvictVramEvent,
+  type FaultBatchServicedEvent,
+  type MigrateToRamEvent,
+  type MigrateToVramEvent,
+  NouveauDriver,
+  type NouveauEvents,
+  type NouveauModuleHost,
+  NouveauSvmm,
+  type ThrashingDetectedEvent,
+} from "./nouveau/nouveau-svm";
 export { type AccessCounterPolicyOptions, accessCounterPolicy } from "./nouveau/policies/access-counters";
 export { lruEvictionPolicy, treeEvictionPolicy } from "./nouveau/policies/eviction";
 export { firstTouchPolicy } from "./nouveau/policies/first-touch";
-export { type ThrashPinOptions, thrashPinPolicy } from "./nouveau/policies/thrash-pin";
+export { type ThrashPinOptions, type ThrashPinPolicy, thrashPinPolicy } from "./nouveau/policies/thrash-pin";
 export { type TreePrefetchOptions, treePrefetchPolicy } from "./nouveau/policies/tree-prefetch";
 export {
   composePolicies,

@@ -127,17 +127,88 @@ export interface NouveauModuleHost {
  * The driver's tracepoints (no kernel tracepoint exists for these; names follow `did<Verb><Subject>`).
  * Payloads are plain numbers so event logs serialise byte for byte.
  */
+/** Payload of `didServiceFaultBatch`. */
+export interface FaultBatchServicedEvent {
+  /** GPU index. */
+  gpu: number;
+  /** Fault entries in the batch. */
+  faults: number;
+  /** Pages migrated to VRAM for it. */
+  migrated: number;
+  /** Pages mapped remotely (system memory or a peer). */
+  remote: number;
+  /** Faults cancelled (fatal). */
+  cancelled: number;
+  /** Virtual time (ns). */
+  now: number;
+}
+
+/** Payload of `didMigrateToVram`. */
+export interface MigrateToVramEvent {
+  /** GPU index. */
+  gpu: number;
+  /** Address-space id (-1 for a batch aggregate). */
+  mm: number;
+  /** First address of the window (-1 for a batch aggregate). */
+  start: number;
+  /** Pages migrated. */
+  npages: number;
+  /** Of which came from a peer GPU. */
+  fromPeer: number;
+  /** Virtual time (ns). */
+  now: number;
+}
+
+/** Payload of `didMigrateToRam`. */
+export interface MigrateToRamEvent {
+  /** GPU index. */
+  gpu: number;
+  /** Address-space id. */
+  mm: number;
+  /** Faulting CPU address. */
+  address: number;
+  /** Pages migrated back. */
+  npages: number;
+  /** Virtual time (ns). */
+  now: number;
+}
+
+/** Payload of `didEvictVram`. */
+export interface EvictVramEvent {
+  /** GPU index. */
+  gpu: number;
+  /** Pages evicted to system memory. */
+  npages: number;
+  /** Virtual time (ns). */
+  now: number;
+}
+
+/** Payload of `didDetectThrashing`. */
+export interface ThrashingDetectedEvent {
+  /** Address-space id. */
+  mm: number;
+  /** The thrashing page's address. */
+  address: number;
+  /** Migration/remap events counted in the window. */
+  events: number;
+  /** Processors involved (bit mask). */
+  processors: number;
+  /** Virtual time (ns). */
+  now: number;
+}
+
+/** Events of the nouveau-like driver. */
 export interface NouveauEvents {
   /** A fault batch was serviced. */
-  didServiceFaultBatch: [{ gpu: number; faults: number; migrated: number; remote: number; cancelled: number; now: number }];
+  didServiceFaultBatch: [FaultBatchServicedEvent];
   /** Pages were migrated to a GPU's VRAM (one window). */
-  didMigrateToVram: [{ gpu: number; mm: number; start: number; npages: number; fromPeer: number; now: number }];
+  didMigrateToVram: [MigrateToVramEvent];
   /** A CPU fault migrated a device page back to system memory. */
-  didMigrateToRam: [{ gpu: number; mm: number; address: number; npages: number; now: number }];
+  didMigrateToRam: [MigrateToRamEvent];
   /** VRAM pages were evicted to system memory. */
-  didEvictVram: [{ gpu: number; npages: number; now: number }];
+  didEvictVram: [EvictVramEvent];
   /** A page was reported thrashing. */
-  didDetectThrashing: [{ mm: number; address: number; events: number; processors: number; now: number }];
+  didDetectThrashing: [ThrashingDetectedEvent];
 }
 
 /** A tiny FIFO async mutex (one allocating flow per GPU). */

@@ -19,6 +19,15 @@
 import { einval } from "@hmmkit/core";
 import { type MigrationPolicy, POLICY_MIGRATE, POLICY_PIN, UVM_DEFAULTS } from "../policy";
 
+/** A thrash-pinning policy, with a query of its live pins. */
+export interface ThrashPinPolicy extends MigrationPolicy {
+  /**
+   * Pages pinned (mapped in place) at `now`.
+   * @param now - virtual time in ns. @returns the number of live pins.
+   */
+  pinnedPages(now: number): number;
+}
+
 /** Options of {@link thrashPinPolicy}. */
 export interface ThrashPinOptions {
   /** Pin duration, ns (1..10^12). Default 150 ms (`uvm_perf_thrashing_pin` × lapse). */
@@ -39,7 +48,7 @@ export interface ThrashPinOptions {
  * const policy = (g: number) => composePolicies("prefetch+pin", [treePrefetchPolicy(), thrashPinPolicy()]);
  * ```
  */
-export function thrashPinPolicy(opts: ThrashPinOptions = {}): MigrationPolicy & { pinnedPages(now: number): number } {
+export function thrashPinPolicy(opts: ThrashPinOptions = {}): ThrashPinPolicy {
   const pinNs = opts.pinNs ?? UVM_DEFAULTS.thrashingPinNs;
   if (!(pinNs >= 1 && pinNs <= 1e12)) einval("opts.pinNs", `a duration in ns in 1..10^12, got ${pinNs}`);
   const migrateUnpinned = opts.migrateUnpinned ?? true;
