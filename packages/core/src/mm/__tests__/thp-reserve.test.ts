@@ -1,5 +1,16 @@
 import { describe, expect, it } from "vitest";
-import { isHuge, MAP_ANONYMOUS, MAP_PRIVATE, Machine, type MachineConfig, PMD_SIZE, PROT_READ, PROT_WRITE } from "../../index";
+import {
+  isHuge,
+  MAP_ANONYMOUS,
+  MAP_PRIVATE,
+  Machine,
+  type MachineConfig,
+  MREMAP_FIXED,
+  MREMAP_MAYMOVE,
+  PMD_SIZE,
+  PROT_READ,
+  PROT_WRITE,
+} from "../../index";
 
 const RW = PROT_READ | PROT_WRITE;
 const ANON = MAP_PRIVATE | MAP_ANONYMOUS;
@@ -126,6 +137,22 @@ describe("THP reservations (seed 002)", () => {
     expect(m.vmstat.c.nr_thp_reserved).toBe(511);
     m.mm.exit(t);
     expect(m.vmstat.c.nr_thp_reserved).toBe(0);
+    expect(m.alloc.nrFreePages).toBe(free0);
+    m.dispose();
+  });
+
+  it("mremap drops the moved range's reservation (the RFC: mremap releases it); data moves intact", async () => {
+    const m = boot({ thpPromotionThreshold: 8 });
+    const free0 = m.alloc.nrFreePages;
+    const t = m.mm.spawn();
+    const va = t.mm.mmap(0, 2 << 20, RW, ANON);
+    await m.mm.write(t, va + 4096, new Uint8Array([77]));
+    expect(m.vmstat.c.nr_thp_reserved).toBe(511);
+    const nva = t.mm.mremap(va, 2 << 20, 2 << 20, MREMAP_MAYMOVE | MREMAP_FIXED, va + 8 * PMD_SIZE);
+    expect(m.vmstat.c.nr_thp_reserved).toBe(0);
+    expect(m.mm.thpRes.of(t.mm).size).toBe(0);
+    expect((await m.mm.read(t, nva + 4096, 1))[0]).toBe(77);
+    m.mm.exit(t);
     expect(m.alloc.nrFreePages).toBe(free0);
     m.dispose();
   });
