@@ -2,7 +2,7 @@
  * Quickstart: one emulated machine, a task, THP and COW faults, and a round trip of a range
  * through device-private memory with migrate_vma (CPU copies, a 30-line driver inline).
  *
- * Run: `npx -y pnpm@10.34.9 start` (or `npx tsx examples/quickstart.ts`).
+ * Run: `npx tsx examples/quickstart.ts`. (`pnpm start` runs the lab's flagship policy comparison.)
  */
 import {
   MADV_HUGEPAGE,

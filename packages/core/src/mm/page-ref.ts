@@ -94,7 +94,7 @@ export class PageRefs {
     ps.flags[head] =
       (ps.flags[head] as number) &
       ~(PG.anon | PG.swapbacked | PG.anonExclusive | PG.isolated | PG.dirty | PG.referenced | PG.uptodate | PG.active);
-    this.alloc.freePages(head, order);
+    this.alloc.freePages(head, order, true);
   }
 
   /**

@@ -263,18 +263,21 @@ export class PageAllocator {
    * Return a block to its zone, merging with free buddies.
    * @param pfn - head of the block (a folio head for compound pages).
    * @param order - the block's order.
+   * @param fromPut - the caller just dropped the last reference (skips the double-free lookup).
    * @throws BugError `double-free` if the page is already free, `bad-page` if it is mapped,
    *   locked, referenced or on an LRU list.
    * @see __free_pages, __free_one_page, free_pages_prepare (bad_page)
    */
-  freePages(pfn: number, order: number): void {
+  freePages(pfn: number, order: number, fromPut = false): void {
     const ps = this.pages;
     const n = 2 ** order;
     const z = this.zones[ps.zone[pfn] as number];
     if (z === undefined || !z.contains(pfn)) throw new BugError("bad-page", `free of pfn ${pfn}, which is not in a RAM zone`);
     // A free block overlapping [pfn, pfn + n) either contains pfn (found by freeBlockOf) or
-    // starts inside the range (its head has PG_buddy): one lookup plus a flag test per page.
-    if (this.freeBlockOf(pfn) >= 0) throw new BugError("double-free", `pfn ${pfn} freed twice`);
+    // starts inside the range (its head has PG_buddy): one lookup plus a flag test per page. A
+    // free that follows a refcount drop to zero (`fromPut`) cannot be a double free — a free page
+    // has refcount 0 and its put would have underflowed — so it skips the lookup.
+    if (!fromPut && this.freeBlockOf(pfn) >= 0) throw new BugError("double-free", `pfn ${pfn} freed twice`);
     for (let p = pfn; p < pfn + n; p++) {
       const f = ps.flags[p] as number;
       if (f & PG.buddy) throw new BugError("double-free", `pfn ${p} freed twice`);
