@@ -573,7 +573,7 @@ export class DmirrorDevice {
       let dpage: number;
       if (hasF(s, MIGRATE_PFN.COMPOUND)) {
         dpage = m.alloc.allocPages(order, GFP.TRANSHUGE | GFP.MOVABLE);
-        // The kernel has no fallback here yet ("TODO Support splitting here"): the folio stays.
+        // Like the kernel (migrate_device_range does not split yet), a failed large allocation leaves the folio where it is.
         if (dpage < 0) continue;
       } else {
         dpage = m.alloc.allocPages(0, GFP.MOVABLE);
