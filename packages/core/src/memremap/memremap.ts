@@ -278,7 +278,7 @@ export class Memremap {
     const pg = this.pgmapOf(head);
     if (pg === undefined) einval("pfn", `a page of a live pgmap, got ${head}`);
     if (!Number.isInteger(order) || order < 0 || order > 9) einval("order", `0..9, got ${order}`);
-    const n = 2 ** order;
+    const n = 1 << order;
     if (head % n !== 0 || head + n > pg.endPfn) einval("pfn", `aligned to ${n} pages inside the pgmap, got ${head}`);
     const ps = this.pages;
     for (let p = head; p < head + n; p++) {
@@ -309,7 +309,7 @@ export class Memremap {
     if (pg === undefined) throw new BugError("zone-device-free", `pfn ${head} has no live pgmap`);
     const f = ps.flags[head] as number;
     const order = f & PG.head ? (ps.order[head] as number) : 0;
-    const n = 2 ** order;
+    const n = 1 << order;
     if (f & PG.locked) throw new BugError("free-locked-page", `device pfn ${head} freed while locked`);
     for (let p = head; p < head + n; p++) {
       if ((ps.mapcount[p] as number) !== 0)

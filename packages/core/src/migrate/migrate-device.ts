@@ -41,7 +41,7 @@ import { MEMORY_DEVICE_COHERENT, MEMORY_DEVICE_PRIVATE } from "../memremap/memre
 import type { Mm } from "../mm/mm";
 import type { MmCore } from "../mm/mm-core";
 import { MMU_NOTIFY, type MmuNotifierRange, mmuNotifierInvalidateRangeEnd, mmuNotifierInvalidateRangeStart } from "../mm/mmu-notifier";
-import { entryPayload, isHuge, isPresent, isWrite, mkPte, mkSwpEntry, PMD_SIZE, PTE, SWP, swpType } from "../mm/page-table";
+import { entryPayload, isHuge, isPresent, isWrite, mkPte, mkSwpEntry, PMD_SIZE, PTE, PTRS_PER_PTE, SWP, swpType } from "../mm/page-table";
 import { VM, type Vma } from "../mm/vma";
 import { HPAGE_PMD_NR, HPAGE_PMD_ORDER, PAGE_SIZE, PG } from "../phys/page-state";
 import { BugError, einval } from "../sim/errors";
@@ -87,25 +87,26 @@ export function migratePfn(pfn: number): number {
  * @param m - an mpfn. @returns the pfn, or -1 when VALID is clear. @see migrate_pfn_to_page
  */
 export function migratePfnToPfn(m: number): number {
-  return m % 2 === 1 ? Math.floor(m / 64) : -1;
+  return (m & MIGRATE_PFN.VALID) !== 0 ? Math.floor(m / 64) : -1;
 }
 
 /**
  * The flag bits of an mpfn. @param m - an mpfn. @returns the low 6 bits.
  */
 export function mpfnFlags(m: number): number {
-  return m % 64;
+  return m & 63;
 }
 
+// The flag bits are read with `&`: exact for non-negative integers below 2^53 (ToInt32 keeps the
+// value modulo 2^32), and an integer instruction where `%` on a double is a call to fmod.
 function setF(m: number, f: number): number {
-  return (m % 64) & f ? m : m + f;
+  return m & f ? m : m + f;
 }
 function clrF(m: number, f: number): number {
-  const low = m % 64;
-  return m - low + (low & ~f);
+  return m - (m & f & 63);
 }
 function hasF(m: number, f: number): boolean {
-  return ((m % 64) & f) !== 0;
+  return (m & f) !== 0;
 }
 
 /**
@@ -417,7 +418,7 @@ export class MigrateDevice {
       const haddr = a;
       const present = isPresent(pmd);
       mm.pt.setPmd(haddr, mkSwpEntry(SWP.MIGRATION, head, write) + PTE.HUGE);
-      if ((pmd % 256) & PTE.DIRTY) core.pages.flags[head] = (core.pages.flags[head] as number) | PG.dirty;
+      if (pmd & PTE.DIRTY) core.pages.flags[head] = (core.pages.flags[head] as number) | PG.dirty;
       core.huge.entireMapcountDec(head);
       if (present) mm.rssAnon -= HPAGE_PMD_NR;
       else mm.rssDevice -= HPAGE_PMD_NR;
@@ -440,99 +441,101 @@ export class MigrateDevice {
     return false;
   }
 
+  /**
+   * Collect the PTE-mapped pages of `[a, b)` (one PMD's worth at most). Reads and writes the PTE
+   * table directly: it is looked up once, and again after a folio split.
+   */
   private collectPtes(args: MigrateVma, a: number, b: number): void {
     const core = this.core;
     const ps = core.pages;
-    const { mm, vma } = args;
+    const { mm, vma, src, dst, flags } = args;
     const fp = args.faultPage ?? -1;
+    const zeroPfn = core.zeroPfn;
+    const sole = this.soleMapping.get(src) as Uint8Array;
+    const selSystem = (flags & MIGRATE_VMA_SELECT.SYSTEM) !== 0;
+    const selPrivate = (flags & MIGRATE_VMA_SELECT.DEVICE_PRIVATE) !== 0;
+    const selCoherent = (flags & MIGRATE_VMA_SELECT.DEVICE_COHERENT) !== 0;
+    let t = mm.pt.pteTable(a);
+    let n = args.npages;
+    let cpages = args.cpages;
     for (let addr = a; addr < b; ) {
-      const e = mm.pt.getPte(addr);
-      let mpfn = 0;
-      let page = -1;
+      const idx = (addr / PAGE_SIZE) & (PTRS_PER_PTE - 1);
+      const e = t === undefined ? 0 : (t[idx] as number);
       if (e === 0) {
+        let mpfn = 0;
         if (!vma.shared) {
           mpfn = MIGRATE_PFN.MIGRATE;
-          args.cpages++;
+          cpages++;
         }
-        args.dst[args.npages] = 0;
-        args.src[args.npages++] = mpfn;
+        dst[n] = 0;
+        src[n++] = mpfn;
         addr += PAGE_SIZE;
         continue;
       }
+      const present = (e & PTE.PRESENT) !== 0;
       const type = swpType(e);
-      if (!isPresent(e) && type !== 0) {
-        if (type !== SWP.DEVICE_PRIVATE) {
-          this.skip(args, addr, addr + PAGE_SIZE);
-          addr += PAGE_SIZE;
-          continue;
+      const page = entryPayload(e);
+      let select: boolean;
+      if (!present && type !== 0) {
+        if (type !== SWP.DEVICE_PRIVATE) select = false;
+        else {
+          const pg = core.memremap.pgmapOf(page);
+          select = selPrivate && pg !== undefined && pg.owner === args.pgmapOwner;
         }
-        page = entryPayload(e);
+      } else if (page === zeroPfn && selSystem) {
+        dst[n] = 0;
+        src[n++] = MIGRATE_PFN.MIGRATE;
+        cpages++;
+        addr += PAGE_SIZE;
+        continue;
+      } else if (!((ps.flags[page] as number) & PG.zoneDevice)) select = selSystem && page !== zeroPfn;
+      else {
         const pg = core.memremap.pgmapOf(page);
-        if (!(args.flags & MIGRATE_VMA_SELECT.DEVICE_PRIVATE) || pg === undefined || pg.owner !== args.pgmapOwner) {
-          this.skip(args, addr, addr + PAGE_SIZE);
-          addr += PAGE_SIZE;
-          continue;
-        }
-        if (ps.folioNrPages(ps.compoundHead(page)) > 1) {
-          if (!this.splitForCollect(page, fp)) {
-            this.skip(args, addr, b);
-            return;
-          }
-          continue; // re-read this entry
-        }
-        mpfn = migratePfn(page) + MIGRATE_PFN.MIGRATE + (isWrite(e) ? MIGRATE_PFN.WRITE : 0);
-      } else {
-        const pfn = entryPayload(e);
-        if (pfn === core.zeroPfn && args.flags & MIGRATE_VMA_SELECT.SYSTEM) {
-          args.dst[args.npages] = 0;
-          args.src[args.npages++] = MIGRATE_PFN.MIGRATE;
-          args.cpages++;
-          addr += PAGE_SIZE;
-          continue;
-        }
-        page = pfn;
-        const pg = core.memremap.pgmapOf(page);
-        const ok =
-          pg === undefined
-            ? (args.flags & MIGRATE_VMA_SELECT.SYSTEM) !== 0 && pfn !== core.zeroPfn
-            : pg.type === MEMORY_DEVICE_COHERENT && (args.flags & MIGRATE_VMA_SELECT.DEVICE_COHERENT) !== 0 && pg.owner === args.pgmapOwner;
-        if (!ok) {
-          this.skip(args, addr, addr + PAGE_SIZE);
-          addr += PAGE_SIZE;
-          continue;
-        }
-        if (ps.folioNrPages(ps.compoundHead(page)) > 1) {
-          if (!this.splitForCollect(page, fp)) {
-            this.skip(args, addr, b);
-            return;
-          }
-          continue;
-        }
-        mpfn = migratePfn(pfn) + MIGRATE_PFN.MIGRATE + (isWrite(e) ? MIGRATE_PFN.WRITE : 0);
+        select = pg !== undefined && pg.type === MEMORY_DEVICE_COHERENT && selCoherent && pg.owner === args.pgmapOwner;
       }
-      if ((ps.mapping[page] as number) === 0) {
-        this.skip(args, addr, addr + PAGE_SIZE);
+      if (select && (ps.flags[page] as number) & (PG.head | PG.tail)) {
+        args.npages = n;
+        args.cpages = cpages;
+        if (!this.splitForCollect(page, fp)) {
+          this.skip(args, addr, b);
+          return;
+        }
+        t = mm.pt.pteTable(a);
+        continue; // re-read this entry
+      }
+      if (!select || (ps.mapping[page] as number) === 0) {
+        dst[n] = 0;
+        src[n++] = 0;
         addr += PAGE_SIZE;
         continue;
       }
-      core.refs.getPage(page);
-      if (page === fp || core.refs.trylockPage(page)) {
-        args.cpages++;
-        if ((e % 256) & PTE.DIRTY) ps.flags[page] = (ps.flags[page] as number) | PG.dirty;
-        mm.pt.setPte(addr, mkSwpEntry(SWP.MIGRATION, page, hasF(mpfn, MIGRATE_PFN.WRITE)));
-        ps.mapcount[page] = (ps.mapcount[page] as number) - 1;
-        if ((ps.mapcount[page] as number) === 0) (this.soleMapping.get(args.src) as Uint8Array)[args.npages] = 1;
-        if (type === SWP.DEVICE_PRIVATE) mm.rssDevice--;
-        else mm.rssAnon--;
-        core.refs.putPage(page);
-      } else {
-        core.refs.putPage(page);
-        mpfn = 0;
+      // folio_get + folio_trylock; on success the mapping's reference becomes the collect
+      // reference (the kernel's folio_put after the migration entry is installed), so the
+      // refcount is unchanged either way.
+      if ((ps.refcount[page] as number) <= 0)
+        throw new BugError("get-free-page", `get_page on pfn ${page} with refcount ${ps.refcount[page]}`);
+      const f = ps.flags[page] as number;
+      if (page !== fp && f & PG.locked) {
+        dst[n] = 0;
+        src[n++] = 0;
+        addr += PAGE_SIZE;
+        continue;
       }
-      args.dst[args.npages] = 0;
-      args.src[args.npages++] = mpfn;
+      const write = (e & PTE.WRITE) !== 0;
+      ps.flags[page] = f | PG.locked | (e & PTE.DIRTY ? PG.dirty : 0);
+      cpages++;
+      (t as Float64Array)[idx] = mkSwpEntry(SWP.MIGRATION, page, write);
+      const mc = (ps.mapcount[page] as number) - 1;
+      ps.mapcount[page] = mc;
+      if (mc === 0) sole[n] = 1;
+      if (type === SWP.DEVICE_PRIVATE) mm.rssDevice--;
+      else mm.rssAnon--;
+      dst[n] = 0;
+      src[n++] = migratePfn(page) + MIGRATE_PFN.MIGRATE + (write ? MIGRATE_PFN.WRITE : 0);
       addr += PAGE_SIZE;
     }
+    args.npages = n;
+    args.cpages = cpages;
   }
 
   private splitForCollect(page: number, fp: number): boolean {
@@ -733,14 +736,24 @@ export class MigrateDevice {
   private restorePte(mm: Mm, vma: Vma, va: number, sp: number, dp: number, dstPrivate: boolean): boolean {
     const e = mm.pt.getPte(va);
     if (e === 0 || swpType(e) !== SWP.MIGRATION || entryPayload(e) !== sp) return false;
-    const w = isWrite(e) && (vma.flags & VM.WRITE) !== 0;
-    mm.pt.setPte(va, dstPrivate ? mkSwpEntry(SWP.DEVICE_PRIVATE, dp, w) : mkPte(dp, w) + PTE.YOUNG + (w ? PTE.DIRTY : 0));
+    mm.pt.setPte(va, this.restoredEntry(e, vma, dp, dstPrivate));
+    this.mapRestored(mm, dp, dstPrivate);
+    return true;
+  }
+
+  /** The entry that replaces migration entry `e` for page `dp` (writable if `e` was and the VMA is). */
+  private restoredEntry(e: number, vma: Vma, dp: number, dstPrivate: boolean): number {
+    const w = (e & PTE.WRITE) !== 0 && (vma.flags & VM.WRITE) !== 0;
+    return dstPrivate ? mkSwpEntry(SWP.DEVICE_PRIVATE, dp, w) : mkPte(dp, w) + PTE.YOUNG + (w ? PTE.DIRTY : 0);
+  }
+
+  /** Account a restored PTE mapping of `dp`: its reference, mapcount and the RSS counter. */
+  private mapRestored(mm: Mm, dp: number, dstPrivate: boolean): void {
     this.core.refs.getPage(dp);
     const ps = this.core.pages;
     ps.mapcount[dp] = (ps.mapcount[dp] as number) + 1;
     if (dstPrivate) mm.rssDevice++;
     else mm.rssAnon++;
-    return true;
   }
 
   /**
@@ -984,8 +997,15 @@ export class MigrateDevice {
   private finalizeInner(src: Float64Array, dst: Float64Array, npages: number, fp: number, migrate?: MigrateVma): void {
     const core = this.core;
     const ps = core.pages;
+    const refs = core.refs;
     const sole = migrate === undefined ? undefined : this.soleMapping.get(src);
     const faultFolio = fp >= 0 ? ps.compoundHead(fp) : -1;
+    // The fast path restores the entry a page was collected from, in the VMA it was collected
+    // from if that VMA still covers it (else the one covering it now; none if unmapped meanwhile).
+    const mm = migrate?.mm;
+    const vma = migrate !== undefined && mm !== undefined && !mm.dead && mm.vmas.includes(migrate.vma) ? migrate.vma : undefined;
+    let tablePmd = -1;
+    let table: Float64Array | undefined;
     let ok = 0;
     let failed = 0;
     for (let i = 0; i < npages; i++) {
@@ -994,8 +1014,8 @@ export class MigrateDevice {
       let dstHead = newpage >= 0 ? ps.compoundHead(newpage) : -1;
       if (page < 0) {
         if (dstHead >= 0) {
-          core.refs.unlockPage(dstHead);
-          core.refs.putPage(dstHead);
+          refs.unlockPage(dstHead);
+          refs.putPage(dstHead);
         }
         continue;
       }
@@ -1003,30 +1023,48 @@ export class MigrateDevice {
       const n = ps.folioNrPages(srcHead);
       if (!hasF(src[i] as number, MIGRATE_PFN.MIGRATE) || dstHead < 0) {
         if (dstHead >= 0) {
-          core.refs.unlockPage(dstHead);
-          core.refs.putPage(dstHead);
+          refs.unlockPage(dstHead);
+          refs.putPage(dstHead);
         }
         dstHead = srcHead;
         failed += n;
       } else ok += n;
-      if (!((ps.flags[dstHead] as number) & PG.zoneDevice)) core.lru.add(dstHead);
+      const dstDevice = ((ps.flags[dstHead] as number) & PG.zoneDevice) !== 0;
+      if (!dstDevice) core.lru.add(dstHead);
       // Fast path: the page had one mapping, at the address it was collected from (no fork copied
       // its migration entry since); otherwise walk the rmap as remove_migration_ptes does.
       let restored = false;
-      if (sole !== undefined && migrate !== undefined && sole[i] === 1 && n === 1 && !this.copiedEntries.has(srcHead)) {
-        const va = migrate.start + i * PAGE_SIZE;
-        const vma = migrate.mm.findVma(va);
-        if (vma !== undefined)
-          restored = this.restorePte(migrate.mm, vma, va, srcHead, dstHead, core.memremap.pgmapOf(dstHead)?.type === MEMORY_DEVICE_PRIVATE);
-        if (!restored && migrate.mm.pt.getPte(va) === 0) restored = true; // unmapped meanwhile: nothing to restore
+      const copied = this.copiedEntries.size !== 0 && this.copiedEntries.delete(srcHead);
+      if (sole !== undefined && mm !== undefined && sole[i] === 1 && n === 1 && !copied) {
+        const va = (migrate as MigrateVma).start + i * PAGE_SIZE;
+        const pmdNo = Math.floor(va / PMD_SIZE);
+        if (pmdNo !== tablePmd) {
+          table = mm.pt.pteTable(va);
+          tablePmd = pmdNo;
+        }
+        const idx = (va / PAGE_SIZE) & (PTRS_PER_PTE - 1);
+        const e = table === undefined ? 0 : (table[idx] as number);
+        if (e === 0)
+          restored = true; // unmapped meanwhile: nothing to restore
+        else if (swpType(e) === SWP.MIGRATION && entryPayload(e) === srcHead) {
+          const v = vma !== undefined && va >= vma.start && va < vma.end ? vma : mm.findVma(va);
+          if (v !== undefined) {
+            const dstPrivate = dstDevice && core.memremap.pgmapOf(dstHead)?.type === MEMORY_DEVICE_PRIVATE;
+            (table as Float64Array)[idx] = this.restoredEntry(e, v, dstHead, dstPrivate);
+            this.mapRestored(mm, dstHead, dstPrivate);
+            restored = true;
+          }
+        }
       }
-      if (!restored) this.removeMigrationPtes(srcHead, dstHead);
-      this.copiedEntries.delete(srcHead);
-      if (srcHead !== faultFolio) core.refs.unlockPage(srcHead);
-      core.refs.putPage(srcHead);
+      if (!restored) {
+        this.removeMigrationPtes(srcHead, dstHead);
+        tablePmd = -1; // the walk may have split a PMD: look the table up again
+      }
+      if (srcHead !== faultFolio) refs.unlockPage(srcHead);
+      refs.putPage(srcHead);
       if (dstHead !== srcHead) {
-        core.refs.unlockPage(dstHead);
-        core.refs.putPage(dstHead);
+        refs.unlockPage(dstHead);
+        refs.putPage(dstHead);
         if (n > 1) core.vmstat.c.thp_migration_success++;
       } else if (n > 1) core.vmstat.c.thp_migration_fail++;
     }

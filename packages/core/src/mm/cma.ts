@@ -121,7 +121,7 @@ export class Cma {
     if (a === undefined) einval("cma", "a configured CMA area (MachineConfig.cmaMiB)");
     if (!Number.isInteger(count) || count <= 0 || count > a.count) einval("count", `1..${a.count}, got ${count}`);
     if (!Number.isInteger(align) || align < 0 || align > MAX_PAGE_ORDER) einval("align", `0..${MAX_PAGE_ORDER}, got ${align}`);
-    const step = 2 ** align;
+    const step = 1 << align;
     const vm = this.core.vmstat.c;
     for (let off = (step - (a.basePfn % step)) % step; off + count <= a.count; off += step) {
       let used = false;
@@ -186,17 +186,17 @@ export class Cma {
           continue;
         }
         let o = Math.min(ps.order[p] as number, MAX_PAGE_ORDER);
-        while (o > 0 && (p % 2 ** o !== 0 || p + 2 ** o > end)) o--;
+        while (o > 0 && ((p & ((1 << o) - 1)) !== 0 || p + (1 << o) > end)) o--;
         if (!alloc.allocRange(p, o)) {
           p++;
           continue;
         }
-        for (let q = p; q < p + 2 ** o; q++) {
+        for (let q = p; q < p + (1 << o); q++) {
           ps.refcount[q] = 1;
           held[q - start] = 1;
         }
-        nheld += 2 ** o;
-        p += 2 ** o;
+        nheld += 1 << o;
+        p += 1 << o;
       }
       // Pages of the range that are free but inside a larger block straddling its edge.
       for (let p = start; p < end; p++) {
@@ -210,10 +210,10 @@ export class Cma {
       for (;;) {
         const d = alloc.allocPages(order, (order > 0 ? GFP.COMP : 0) | GFP.NORETRY);
         if (d < 0) return -1;
-        if (d + 2 ** order <= start || d >= end) return d;
+        if (d + (1 << order) <= start || d >= end) return d;
         // A source freed by this very migration came back: keep it for the range.
         if (order > 0) ps.clearCompound(d, order);
-        for (let q = d; q < d + 2 ** order; q++) {
+        for (let q = d; q < d + (1 << order); q++) {
           ps.refcount[q] = 1;
           if (q >= start && q < end && !held[q - start]) {
             held[q - start] = 1;

@@ -111,7 +111,7 @@ export class Compaction {
       return res;
     }
     // compaction_suitable: migration needs free targets above the min watermark.
-    if (zone.freePages < zone.watermark.min + 2 ** order) {
+    if (zone.freePages < zone.watermark.min + (1 << order)) {
       res.status = COMPACT.SKIPPED;
       return res;
     }
@@ -135,27 +135,27 @@ export class Compaction {
             if (alloc.allocRange(p, o)) {
               ps.refcount[p] = 0;
               (freeLists[o] as number[]).push(p);
-              freeCount += 2 ** o;
-              res.isolated += 2 ** o;
-              vm.compact_isolated += 2 ** o;
+              freeCount += 1 << o;
+              res.isolated += 1 << o;
+              vm.compact_isolated += 1 << o;
             }
-            p += 2 ** o;
+            p += 1 << o;
           } else p++;
         }
         freePfn -= PAGEBLOCK_NR_PAGES;
       }
     };
     const compactionAlloc = (_src: number, o: number): number => {
-      if (freeCount < 2 ** o) isolateFree(2 ** o + COMPACT_CLUSTER_MAX);
+      if (freeCount < 1 << o) isolateFree((1 << o) + COMPACT_CLUSTER_MAX);
       let k = o;
       while (k <= MAX_PAGE_ORDER && (freeLists[k] as number[]).length === 0) k++;
       if (k > MAX_PAGE_ORDER) return -1;
       const p = (freeLists[k] as number[]).pop() as number;
       while (k > o) {
         k--;
-        (freeLists[k] as number[]).push(p + 2 ** k);
+        (freeLists[k] as number[]).push(p + (1 << k));
       }
-      freeCount -= 2 ** o;
+      freeCount -= 1 << o;
       ps.refcount[p] = 1;
       if (o > 0) ps.prepCompound(p, o);
       return p;
@@ -165,7 +165,7 @@ export class Compaction {
       if (o > 0) ps.clearCompound(dst, o);
       ps.flags[dst] = 0;
       (freeLists[o] as number[]).push(dst);
-      freeCount += 2 ** o;
+      freeCount += 1 << o;
     };
     let list: number[] = [];
     const flush = (): void => {
@@ -182,7 +182,7 @@ export class Compaction {
         vm.compact_migrate_scanned++;
         const f = ps.flags[p] as number;
         if (f & PG.buddy) {
-          p += 2 ** (ps.order[p] as number);
+          p += 1 << (ps.order[p] as number);
           continue;
         }
         const head = ps.compoundHead(p);

@@ -88,7 +88,7 @@ export class PageRefs {
     if (f & PG.locked) throw new BugError("free-locked-page", `freeing locked pfn ${head}`);
     if (f & PG.lru) this.lru.del(head);
     const order = f & PG.head ? (ps.order[head] as number) : 0;
-    if (f & PG.anon) this.vmstat.c.nr_anon_pages -= 2 ** order;
+    if (f & PG.anon) this.vmstat.c.nr_anon_pages -= 1 << order;
     // mapcount of every page must be 0; the entire mapcount slot is the first tail's pincount.
     if (order > 0) ps.pincount[head + 1] = 0;
     ps.flags[head] =
@@ -130,6 +130,7 @@ export class PageRefs {
     const f = ps.flags[pfn] as number;
     if (!(f & PG.locked)) throw new BugError("unlock-unlocked", `unlock of pfn ${pfn}, which is not locked`);
     ps.flags[pfn] = f & ~PG.locked;
+    if (this.waiters.size === 0) return;
     const w = this.waiters.get(pfn);
     if (w !== undefined) {
       this.waiters.delete(pfn);

@@ -147,11 +147,11 @@ export class PageAllocator {
     const end = region.basePfn + region.npages;
     while (pfn < end) {
       let order = MAX_PAGE_ORDER;
-      while (order > 0 && (pfn % 2 ** order !== 0 || pfn + 2 ** order > end)) order--;
+      while (order > 0 && ((pfn & ((1 << order) - 1)) !== 0 || pfn + (1 << order) > end)) order--;
       this.pushFree(z, pfn, order);
-      z.freePages += 2 ** order;
-      this.vmstat.c.nr_free_pages += 2 ** order;
-      pfn += 2 ** order;
+      z.freePages += 1 << order;
+      this.vmstat.c.nr_free_pages += 1 << order;
+      pfn += 1 << order;
     }
     return z;
   }
@@ -227,24 +227,24 @@ export class PageAllocator {
    * @see alloc_contig_range (isolate_freepages_range)
    */
   allocRange(pfn: number, order: number, gfp = 0): boolean {
-    const n = 2 ** order;
+    const n = 1 << order;
     const z = this.zones[this.pages.zone[pfn] as number];
     if (z === undefined || !z.contains(pfn) || !z.contains(pfn + n - 1)) return false;
     // Every page must lie inside a free block.
     for (let p = pfn; p < pfn + n; ) {
       const head = this.freeBlockOf(p);
       if (head < 0) return false;
-      p = head + 2 ** (this.pages.order[head] as number);
+      p = head + (1 << (this.pages.order[head] as number));
     }
     for (let p = pfn; p < pfn + n; ) {
       const head = this.freeBlockOf(p);
       const o = this.pages.order[head] as number;
       this.delFree(z, head, o);
-      z.freePages -= 2 ** o;
-      this.vmstat.c.nr_free_pages -= 2 ** o;
+      z.freePages -= 1 << o;
+      this.vmstat.c.nr_free_pages -= 1 << o;
       // Give back the parts of the block outside [pfn, pfn+n).
       this.carve(z, head, o, pfn, pfn + n);
-      p = head + 2 ** o;
+      p = head + (1 << o);
     }
     this.prepNewPage(pfn, order, gfp);
     return true;
@@ -270,7 +270,7 @@ export class PageAllocator {
    */
   freePages(pfn: number, order: number, fromPut = false): void {
     const ps = this.pages;
-    const n = 2 ** order;
+    const n = 1 << order;
     const z = this.zones[ps.zone[pfn] as number];
     if (z === undefined || !z.contains(pfn)) throw new BugError("bad-page", `free of pfn ${pfn}, which is not in a RAM zone`);
     // A free block overlapping [pfn, pfn + n) either contains pfn (found by freeBlockOf) or
@@ -304,7 +304,7 @@ export class PageAllocator {
     let head = pfn;
     let o = order;
     while (o < MAX_PAGE_ORDER) {
-      const buddy = head ^ (2 ** o);
+      const buddy = head ^ (1 << o);
       if (!z.contains(buddy)) break;
       const bf = ps.flags[buddy] as number;
       if (!(bf & PG.buddy) || (ps.order[buddy] as number) !== o) break;
@@ -327,17 +327,17 @@ export class PageAllocator {
   private freeBlockOf(pfn: number): number {
     const ps = this.pages;
     for (let o = 0; o <= MAX_PAGE_ORDER; o++) {
-      const head = pfn - (pfn % 2 ** o);
+      const head = pfn - (pfn & ((1 << o) - 1));
       const f = ps.flags[head] as number;
       if (f & PG.buddy && (ps.order[head] as number) >= o) {
-        return head + 2 ** (ps.order[head] as number) > pfn ? head : -1;
+        return head + (1 << (ps.order[head] as number)) > pfn ? head : -1;
       }
     }
     return -1;
   }
 
   private carve(z: Zone, head: number, order: number, lo: number, hi: number): void {
-    const n = 2 ** order;
+    const n = 1 << order;
     if (head >= lo && head + n <= hi) return;
     if (head + n <= lo || head >= hi) {
       this.pushFree(z, head, order);
@@ -347,11 +347,11 @@ export class PageAllocator {
     }
     const half = order - 1;
     this.carve(z, head, half, lo, hi);
-    this.carve(z, head + 2 ** half, half, lo, hi);
+    this.carve(z, head + (1 << half), half, lo, hi);
   }
 
   private rmqueue(z: Zone, order: number, gfp: number): number {
-    const n = 2 ** order;
+    const n = 1 << order;
     const wm = gfp & GFP.HIGH ? z.watermark.min >> 1 : z.watermark.min;
     if (z.freePages - n < wm) return -1;
     let o = order;
@@ -362,7 +362,7 @@ export class PageAllocator {
     // expand: return upper halves
     while (o > order) {
       o--;
-      this.pushFree(z, pfn + 2 ** o, o);
+      this.pushFree(z, pfn + (1 << o), o);
     }
     z.freePages -= n;
     this.vmstat.c.nr_free_pages -= n;
@@ -372,7 +372,7 @@ export class PageAllocator {
 
   private prepNewPage(pfn: number, order: number, gfp: number): void {
     const ps = this.pages;
-    const n = 2 ** order;
+    const n = 1 << order;
     for (let p = pfn; p < pfn + n; p++) {
       ps.flags[p] = 0;
       ps.refcount[p] = 0;

@@ -213,8 +213,8 @@ export class PageState {
    */
   compoundHead(pfn: number): number {
     if ((this.flags[pfn] as number) & PG.tail) {
-      const n = 2 ** (this.order[pfn] as number);
-      return pfn - (pfn % n);
+      const n = 1 << (this.order[pfn] as number);
+      return pfn - (pfn & (n - 1));
     }
     return pfn;
   }
@@ -225,7 +225,7 @@ export class PageState {
    * @returns 1 << order. @see folio_nr_pages
    */
   folioNrPages(head: number): number {
-    return (this.flags[head] as number) & PG.head ? 2 ** (this.order[head] as number) : 1;
+    return (this.flags[head] as number) & PG.head ? 1 << (this.order[head] as number) : 1;
   }
 
   /**
@@ -235,7 +235,7 @@ export class PageState {
    * @see prep_compound_page
    */
   prepCompound(head: number, order: number): void {
-    const n = 2 ** order;
+    const n = 1 << order;
     bugOnAligned(head, n);
     const f = this.flags;
     f[head] = ((f[head] as number) | PG.head) & ~PG.tail;
@@ -250,7 +250,7 @@ export class PageState {
    * @see split_page / __split_huge_page
    */
   clearCompound(head: number, order: number): void {
-    const n = 2 ** order;
+    const n = 1 << order;
     const f = this.flags;
     for (let p = head; p < head + n; p++) f[p] = (f[p] as number) & ~(PG.head | PG.tail);
     this.order.fill(0, head, head + n);

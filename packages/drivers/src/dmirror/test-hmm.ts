@@ -454,7 +454,7 @@ export class DmirrorDevice {
     this.machine.memremap.zoneDeviceFolioInit(dpage, order);
     const c = this.chunkOf(dpage) as DmirrorChunk;
     const off = dpage - c.pagemap.startPfn;
-    const n = 2 ** order;
+    const n = 1 << order;
     for (let i = 0; i < n; i++) {
       if (c.allocated[off + i]) throw new BugError("dmirror-double-alloc", `hmm_dmirror${this.id}: pfn ${dpage + i} allocated twice`);
       c.allocated[off + i] = 1;
@@ -474,7 +474,7 @@ export class DmirrorDevice {
     const c = this.chunkOf(head);
     if (c === undefined) throw new BugError("dmirror-free-foreign", `hmm_dmirror${this.id}: folio_free of pfn ${head}, not ours`);
     const off = head - c.pagemap.startPfn;
-    const n = 2 ** order;
+    const n = 1 << order;
     for (let i = 0; i < n; i++) {
       if (!c.allocated[off + i]) throw new BugError("dmirror-double-free", `hmm_dmirror${this.id}: folio_free of free pfn ${head + i}`);
       c.allocated[off + i] = 0;
@@ -582,7 +582,7 @@ export class DmirrorDevice {
       }
       m.mm.refs.trylockPage(dpage);
       dst[i] = migratePfn(dpage) + (hasF(s, MIGRATE_PFN.WRITE) ? MIGRATE_PFN.WRITE : 0) + (order ? MIGRATE_PFN.COMPOUND : 0);
-      m.contents.copyPages(dpage, spage, 2 ** order);
+      m.contents.copyPages(dpage, spage, 1 << order);
     }
     m.migrate.migrateDevicePages(src, dst, npages);
     m.migrate.migrateDeviceFinalize(src, dst, npages);
@@ -1128,7 +1128,7 @@ export class DmirrorFile {
         continue;
       }
       const order = Math.log2(ps.folioNrPages(ps.compoundHead(spage)));
-      const n = 2 ** order;
+      const n = 1 << order;
       let d = order ? MIGRATE_PFN.COMPOUND : 0;
       if (hasF(s, MIGRATE_PFN.WRITE)) d += MIGRATE_PFN.WRITE;
       let dpage: number;
