@@ -286,11 +286,9 @@ export class Memremap {
         throw new BugError("zone-device-init-busy", `zone_device_page_init on pfn ${p}, which is in use (refcount ${ps.refcount[p]})`);
       }
     }
-    for (let p = head; p < head + n; p++) {
-      ps.flags[p] = PG.zoneDevice;
-      ps.mapping[p] = 0;
-      ps.index[p] = 0;
-    }
+    ps.flags.fill(PG.zoneDevice, head, head + n);
+    ps.mapping.fill(0, head, head + n);
+    ps.index.fill(0, head, head + n);
     if (order > 0) ps.prepCompound(head, order);
     ps.refcount[head] = 1;
     ps.flags[head] = (ps.flags[head] as number) | PG.locked;
@@ -314,12 +312,14 @@ export class Memremap {
     for (let p = head; p < head + n; p++) {
       if ((ps.mapcount[p] as number) !== 0)
         throw new BugError("bad-page", `device pfn ${p} freed while mapped (mapcount ${ps.mapcount[p]})`);
-      ps.mapping[p] = 0;
-      ps.index[p] = 0;
     }
-    if (order > 0) ps.pincount[head + 1] = 0;
-    if (order > 0) ps.clearCompound(head, order);
-    for (let p = head; p < head + n; p++) ps.flags[p] = PG.zoneDevice;
+    ps.mapping.fill(0, head, head + n);
+    ps.index.fill(0, head, head + n);
+    if (order > 0) {
+      ps.pincount[head + 1] = 0;
+      ps.order.fill(0, head, head + n);
+    }
+    ps.flags.fill(PG.zoneDevice, head, head + n);
     pg.ops.folioFree(head, order);
   }
 }

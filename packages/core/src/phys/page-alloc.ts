@@ -288,14 +288,24 @@ export class PageAllocator {
         );
       }
     }
-    if (ps.flags[pfn] !== undefined && (ps.flags[pfn] as number) & PG.head) ps.clearCompound(pfn, order);
-    for (let p = pfn; p < pfn + n; p++) {
-      ps.flags[p] = 0;
-      ps.mapping[p] = 0;
-      ps.index[p] = 0;
-      ps.private[p] = 0;
-      ps.pincount[p] = 0;
-      ps.owner[p] = 0;
+    if (n === 1) {
+      ps.flags[pfn] = 0;
+      ps.order[pfn] = 0;
+      ps.mapping[pfn] = 0;
+      ps.index[pfn] = 0;
+      ps.private[pfn] = 0;
+      ps.pincount[pfn] = 0;
+      ps.owner[pfn] = 0;
+    } else {
+      // Dissolve the compound folio and clear every page's fields (the kernel's free_tail_page_prepare).
+      const end = pfn + n;
+      ps.flags.fill(0, pfn, end);
+      ps.order.fill(0, pfn, end);
+      ps.mapping.fill(0, pfn, end);
+      ps.index.fill(0, pfn, end);
+      ps.private.fill(0, pfn, end);
+      ps.pincount.fill(0, pfn, end);
+      ps.owner.fill(0, pfn, end);
     }
     z.freePages += n;
     this.vmstat.c.nr_free_pages += n;
@@ -373,11 +383,15 @@ export class PageAllocator {
   private prepNewPage(pfn: number, order: number, gfp: number): void {
     const ps = this.pages;
     const n = 1 << order;
-    for (let p = pfn; p < pfn + n; p++) {
-      ps.flags[p] = 0;
-      ps.refcount[p] = 0;
-      ps.mapcount[p] = 0;
-      ps.order[p] = 0;
+    if (n === 1) {
+      ps.flags[pfn] = 0;
+      ps.mapcount[pfn] = 0;
+      ps.order[pfn] = 0;
+    } else {
+      ps.flags.fill(0, pfn, pfn + n);
+      ps.refcount.fill(0, pfn, pfn + n);
+      ps.mapcount.fill(0, pfn, pfn + n);
+      ps.order.fill(0, pfn, pfn + n);
     }
     ps.refcount[pfn] = 1;
     if (order > 0 && gfp & GFP.COMP) ps.prepCompound(pfn, order);

@@ -151,6 +151,19 @@ const PT_SHIFT_PAGES = 512;
  */
 export class DmirrorPt {
   private readonly leaves = new Map<number, Float64Array>();
+  /** The last leaf looked up (migrations walk the table in order). */
+  private lastKey = -1;
+  private lastLeaf: Float64Array | undefined;
+
+  private leaf(k: number): Float64Array | undefined {
+    if (k === this.lastKey) return this.lastLeaf;
+    const leaf = this.leaves.get(k);
+    if (leaf !== undefined) {
+      this.lastKey = k;
+      this.lastLeaf = leaf;
+    }
+    return leaf;
+  }
 
   /**
    * Look an entry up.
@@ -159,9 +172,9 @@ export class DmirrorPt {
    * @see xa_load, xa_untag_pointer
    */
   load(upfn: number): number {
-    const leaf = this.leaves.get(Math.floor(upfn / PT_SHIFT_PAGES));
+    const leaf = this.leaf(Math.floor(upfn / PT_SHIFT_PAGES));
     if (leaf === undefined) return -1;
-    const e = leaf[upfn % PT_SHIFT_PAGES] as number;
+    const e = leaf[upfn & (PT_SHIFT_PAGES - 1)] as number;
     return e === 0 ? -1 : Math.floor(e / 4) - 1;
   }
 
@@ -172,9 +185,9 @@ export class DmirrorPt {
    * @see xa_pointer_tag
    */
   tag(upfn: number): number {
-    const leaf = this.leaves.get(Math.floor(upfn / PT_SHIFT_PAGES));
+    const leaf = this.leaf(Math.floor(upfn / PT_SHIFT_PAGES));
     if (leaf === undefined) return -1;
-    const e = leaf[upfn % PT_SHIFT_PAGES] as number;
+    const e = leaf[upfn & (PT_SHIFT_PAGES - 1)] as number;
     return e === 0 ? -1 : e % 4;
   }
 
@@ -185,20 +198,43 @@ export class DmirrorPt {
    */
   store(upfn: number, pfn: number, tag: number): void {
     const k = Math.floor(upfn / PT_SHIFT_PAGES);
-    let leaf = this.leaves.get(k);
+    let leaf = this.leaf(k);
     if (leaf === undefined) {
       leaf = new Float64Array(PT_SHIFT_PAGES);
       this.leaves.set(k, leaf);
     }
-    leaf[upfn % PT_SHIFT_PAGES] = (pfn + 1) * 4 + tag;
+    leaf[upfn & (PT_SHIFT_PAGES - 1)] = (pfn + 1) * 4 + tag;
+  }
+
+  /**
+   * Store `n` entries mapping consecutive user pages to consecutive pfns (a folio).
+   * @param upfn - first user virtual page number. @param pfn - first pfn. @param n - entries.
+   * @param tag - DPT_XA_TAG_*.
+   * @see xa_store (one per page in dmirror_migrate_finalize_and_map)
+   */
+  storeRange(upfn: number, pfn: number, n: number, tag: number): void {
+    for (let i = 0; i < n; ) {
+      const u = upfn + i;
+      const k = Math.floor(u / PT_SHIFT_PAGES);
+      let leaf = this.leaf(k);
+      if (leaf === undefined) {
+        leaf = new Float64Array(PT_SHIFT_PAGES);
+        this.leaves.set(k, leaf);
+      }
+      const o = u & (PT_SHIFT_PAGES - 1);
+      const m = Math.min(n - i, PT_SHIFT_PAGES - o);
+      const e0 = (pfn + i + 1) * 4 + tag;
+      for (let j = 0; j < m; j++) leaf[o + j] = e0 + 4 * j;
+      i += m;
+    }
   }
 
   /**
    * Erase one entry. @param upfn - user virtual page number. @see xa_erase
    */
   erase(upfn: number): void {
-    const leaf = this.leaves.get(Math.floor(upfn / PT_SHIFT_PAGES));
-    if (leaf !== undefined) leaf[upfn % PT_SHIFT_PAGES] = 0;
+    const leaf = this.leaf(Math.floor(upfn / PT_SHIFT_PAGES));
+    if (leaf !== undefined) leaf[upfn & (PT_SHIFT_PAGES - 1)] = 0;
   }
 
   /**
@@ -213,8 +249,10 @@ export class DmirrorPt {
     const visit = (k: number, leaf: Float64Array) => {
       const a = Math.max(startUpfn, k * PT_SHIFT_PAGES) - k * PT_SHIFT_PAGES;
       const b = Math.min(endUpfn, (k + 1) * PT_SHIFT_PAGES) - k * PT_SHIFT_PAGES;
-      if (a === 0 && b === PT_SHIFT_PAGES) this.leaves.delete(k);
-      else leaf.fill(0, a, b);
+      if (a === 0 && b === PT_SHIFT_PAGES) {
+        this.leaves.delete(k);
+        if (k === this.lastKey) this.lastKey = -1;
+      } else leaf.fill(0, a, b);
     };
     if (k1 - k0 + 1 <= this.leaves.size) {
       for (let k = k0; k <= k1; k++) {
@@ -229,6 +267,7 @@ export class DmirrorPt {
   /** Erase every entry. @see xa_destroy */
   clear(): void {
     this.leaves.clear();
+    this.lastKey = -1;
   }
 
   /**
@@ -455,10 +494,9 @@ export class DmirrorDevice {
     const c = this.chunkOf(dpage) as DmirrorChunk;
     const off = dpage - c.pagemap.startPfn;
     const n = 1 << order;
-    for (let i = 0; i < n; i++) {
-      if (c.allocated[off + i]) throw new BugError("dmirror-double-alloc", `hmm_dmirror${this.id}: pfn ${dpage + i} allocated twice`);
-      c.allocated[off + i] = 1;
-    }
+    const taken = c.allocated.subarray(off, off + n).indexOf(1);
+    if (taken >= 0) throw new BugError("dmirror-double-alloc", `hmm_dmirror${this.id}: pfn ${dpage + taken} allocated twice`);
+    c.allocated.fill(1, off, off + n);
     c.zoneDeviceData[off] = dmirror;
     return dpage;
   }
@@ -475,11 +513,10 @@ export class DmirrorDevice {
     if (c === undefined) throw new BugError("dmirror-free-foreign", `hmm_dmirror${this.id}: folio_free of pfn ${head}, not ours`);
     const off = head - c.pagemap.startPfn;
     const n = 1 << order;
-    for (let i = 0; i < n; i++) {
-      if (!c.allocated[off + i]) throw new BugError("dmirror-double-free", `hmm_dmirror${this.id}: folio_free of free pfn ${head + i}`);
-      c.allocated[off + i] = 0;
-      c.zoneDeviceData[off + i] = undefined;
-    }
+    const free = c.allocated.subarray(off, off + n).indexOf(0);
+    if (free >= 0) throw new BugError("dmirror-double-free", `hmm_dmirror${this.id}: folio_free of free pfn ${head + free}`);
+    c.allocated.fill(0, off, off + n);
+    c.zoneDeviceData.fill(undefined, off, off + n);
     if (c.remove) return;
     this.cfree += n;
     if (order > 0) this.freeFolios.push(head);
@@ -1030,7 +1067,7 @@ export class DmirrorFile {
       if (dpage < 0) continue;
       const nr = hasF(d, MIGRATE_PFN.COMPOUND) ? this.m.pages.folioNrPages(dpage) : 1;
       const tag = hasF(d, MIGRATE_PFN.WRITE) ? DPT_XA_TAG_WRITE : DPT_XA_TAG_READ;
-      for (let j = 0; j < nr; j++) this.pt.store(u0 + i + j, dpage + j, tag);
+      this.pt.storeRange(u0 + i, dpage, nr, tag);
     }
   }
 
@@ -1147,7 +1184,8 @@ export class DmirrorFile {
       if (dpage >= 0) {
         // One destination for the whole folio: erase the mirror entries, copy in one call.
         const u = addr / PAGE_SIZE;
-        for (let j = 0; j < n; j++) this.pt.erase(u + j);
+        if (n === 1) this.pt.erase(u);
+        else this.pt.eraseRange(u, u + n);
         addr += n * PAGE_SIZE;
         m.contents.copyPages(dpage, spage, n);
         i += n;
