@@ -286,10 +286,16 @@ export class Memremap {
         throw new BugError("zone-device-init-busy", `zone_device_page_init on pfn ${p}, which is in use (refcount ${ps.refcount[p]})`);
       }
     }
-    ps.flags.fill(PG.zoneDevice, head, head + n);
-    ps.mapping.fill(0, head, head + n);
-    ps.index.fill(0, head, head + n);
-    if (order > 0) ps.prepCompound(head, order);
+    if (n === 1) {
+      ps.flags[head] = PG.zoneDevice;
+      ps.mapping[head] = 0;
+      ps.index[head] = 0;
+    } else {
+      ps.flags.fill(PG.zoneDevice, head, head + n);
+      ps.mapping.fill(0, head, head + n);
+      ps.index.fill(0, head, head + n);
+      ps.prepCompound(head, order);
+    }
     ps.refcount[head] = 1;
     ps.flags[head] = (ps.flags[head] as number) | PG.locked;
   }
@@ -313,13 +319,17 @@ export class Memremap {
       if ((ps.mapcount[p] as number) !== 0)
         throw new BugError("bad-page", `device pfn ${p} freed while mapped (mapcount ${ps.mapcount[p]})`);
     }
-    ps.mapping.fill(0, head, head + n);
-    ps.index.fill(0, head, head + n);
-    if (order > 0) {
+    if (n === 1) {
+      ps.mapping[head] = 0;
+      ps.index[head] = 0;
+      ps.flags[head] = PG.zoneDevice;
+    } else {
+      ps.mapping.fill(0, head, head + n);
+      ps.index.fill(0, head, head + n);
       ps.pincount[head + 1] = 0;
       ps.order.fill(0, head, head + n);
+      ps.flags.fill(PG.zoneDevice, head, head + n);
     }
-    ps.flags.fill(PG.zoneDevice, head, head + n);
     pg.ops.folioFree(head, order);
   }
 }

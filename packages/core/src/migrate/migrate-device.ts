@@ -594,8 +594,12 @@ export class MigrateDevice {
         else core.refs.putPage(head);
       }
       if (!failed) {
-        if (core.rmap.folioMapcount(head) > 0) this.tryToMigrate(head);
-        if (core.rmap.folioMapcount(head) > 0 || !this.checkPage(head, page === fp)) {
+        let mapped = core.rmap.folioMapcount(head);
+        if (mapped > 0) {
+          this.tryToMigrate(head);
+          mapped = core.rmap.folioMapcount(head);
+        }
+        if (mapped > 0 || !this.checkPage(head, page === fp)) {
           if (!zd) {
             core.refs.getPage(head);
             core.lru.putback(head, (p) => core.refs.putPage(p));
@@ -630,7 +634,8 @@ export class MigrateDevice {
     const f = ps.flags[head] as number;
     if (f & PG.zoneDevice) extra++;
     if ((ps.mapping[head] as number) !== 0 && !(f & PG.anon) && !(f & PG.zoneDevice)) extra++;
-    return (ps.refcount[head] as number) - extra <= this.core.rmap.folioMapcount(head);
+    // Called with the folio unmapped (its mapcount is 0).
+    return (ps.refcount[head] as number) - extra <= 0;
   }
 
   /** Replace every remaining mapping of a folio by a migration entry. @see try_to_migrate */
@@ -810,9 +815,29 @@ export class MigrateDevice {
     const fp = migrate?.faultPage ?? -1;
     try {
       for (let i = 0; i < npages; ) {
-        const newpage = migratePfnToPfn(dst[i] as number);
-        const page = migratePfnToPfn(src[i] as number);
+        const sm0 = src[i] as number;
+        const dm0 = dst[i] as number;
+        const newpage = migratePfnToPfn(dm0);
+        const page = migratePfnToPfn(sm0);
         let nr = 1;
+        // Fast path: a base page with a base-page destination, both plain RAM or the source RAM
+        // and the destination device memory of an anonymous source (the common case).
+        if (
+          page >= 0 &&
+          newpage >= 0 &&
+          (sm0 & (MIGRATE_PFN.MIGRATE | MIGRATE_PFN.COMPOUND)) === MIGRATE_PFN.MIGRATE &&
+          !(dm0 & MIGRATE_PFN.COMPOUND)
+        ) {
+          const sf = ps.flags[page] as number;
+          if (!(sf & (PG.head | PG.tail))) {
+            const dpg = (ps.flags[newpage] as number) & PG.zoneDevice ? core.memremap.pgmapOf(newpage) : undefined;
+            const devOk = dpg === undefined || dpg.type === MEMORY_DEVICE_PRIVATE || dpg.type === MEMORY_DEVICE_COHERENT;
+            const mappingOk = dpg === undefined || (ps.mapping[page] as number) === 0 || (sf & PG.anon) !== 0;
+            if (!devOk || !mappingOk || !this.migrateMapping(newpage, page, page === fp ? 1 : 0)) src[i] = sm0 - MIGRATE_PFN.MIGRATE;
+            i++;
+            continue;
+          }
+        }
         if (newpage < 0) {
           src[i] = clrF(src[i] as number, MIGRATE_PFN.MIGRATE);
           i++;

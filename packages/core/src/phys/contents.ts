@@ -126,6 +126,15 @@ export class Contents {
    * @see copy_highpage, folio_copy
    */
   copyPages(dstPfn: number, srcPfn: number, n: number): void {
+    if (n === 1) {
+      const ss = this.slabs[srcPfn >>> SLAB_SHIFT];
+      if (ss === undefined) this.clearPages(dstPfn, 1);
+      else {
+        const so = (srcPfn & (SLAB_PAGES - 1)) * PAGE_SIZE;
+        this.slab(dstPfn).set(ss.subarray(so, so + PAGE_SIZE), (dstPfn & (SLAB_PAGES - 1)) * PAGE_SIZE);
+      }
+      return;
+    }
     let i = 0;
     while (i < n) {
       const d = dstPfn + i;

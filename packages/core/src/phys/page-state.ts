@@ -147,6 +147,7 @@ export class PageState {
 
   /** Regions in pfn order. */
   readonly regions: PhysRegion[] = [];
+  private lastRegion: PhysRegion | undefined;
   private capacity = 0;
   private end = 0;
 
@@ -184,6 +185,9 @@ export class PageState {
    * @returns the region, or undefined for a pfn in no region.
    */
   regionOf(pfn: number): PhysRegion | undefined {
+    // Regions are only ever appended, so the last hit stays valid; lookups come in runs.
+    const last = this.lastRegion;
+    if (last !== undefined && pfn >= last.basePfn && pfn < last.basePfn + last.npages) return last;
     const rs = this.regions;
     let lo = 0;
     let hi = rs.length - 1;
@@ -192,7 +196,10 @@ export class PageState {
       const r = rs[mid] as PhysRegion;
       if (pfn < r.basePfn) hi = mid - 1;
       else if (pfn >= r.basePfn + r.npages) lo = mid + 1;
-      else return r;
+      else {
+        this.lastRegion = r;
+        return r;
+      }
     }
     return undefined;
   }

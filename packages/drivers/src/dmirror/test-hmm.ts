@@ -494,9 +494,10 @@ export class DmirrorDevice {
     const c = this.chunkOf(dpage) as DmirrorChunk;
     const off = dpage - c.pagemap.startPfn;
     const n = 1 << order;
-    const taken = c.allocated.subarray(off, off + n).indexOf(1);
+    const taken = n === 1 ? (c.allocated[off] === 1 ? 0 : -1) : c.allocated.subarray(off, off + n).indexOf(1);
     if (taken >= 0) throw new BugError("dmirror-double-alloc", `hmm_dmirror${this.id}: pfn ${dpage + taken} allocated twice`);
-    c.allocated.fill(1, off, off + n);
+    if (n === 1) c.allocated[off] = 1;
+    else c.allocated.fill(1, off, off + n);
     c.zoneDeviceData[off] = dmirror;
     return dpage;
   }
@@ -513,10 +514,15 @@ export class DmirrorDevice {
     if (c === undefined) throw new BugError("dmirror-free-foreign", `hmm_dmirror${this.id}: folio_free of pfn ${head}, not ours`);
     const off = head - c.pagemap.startPfn;
     const n = 1 << order;
-    const free = c.allocated.subarray(off, off + n).indexOf(0);
+    const free = n === 1 ? (c.allocated[off] === 0 ? 0 : -1) : c.allocated.subarray(off, off + n).indexOf(0);
     if (free >= 0) throw new BugError("dmirror-double-free", `hmm_dmirror${this.id}: folio_free of free pfn ${head + free}`);
-    c.allocated.fill(0, off, off + n);
-    c.zoneDeviceData.fill(undefined, off, off + n);
+    if (n === 1) {
+      c.allocated[off] = 0;
+      c.zoneDeviceData[off] = undefined;
+    } else {
+      c.allocated.fill(0, off, off + n);
+      c.zoneDeviceData.fill(undefined, off, off + n);
+    }
     if (c.remove) return;
     this.cfree += n;
     if (order > 0) this.freeFolios.push(head);
