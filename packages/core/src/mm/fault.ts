@@ -113,7 +113,8 @@ export class FaultHandler {
     }
     if (vma.shared) return this.shmemFault(mm, vma, va, write);
     const e = pt.getPte(va);
-    if (e === 0) return this.doAnonymousPage(mm, vma, va, write);
+    // A driver mapping has no ->fault: what its mmap did not insert is not there.
+    if (e === 0) return vma.file !== undefined ? VM_FAULT.SIGBUS : this.doAnonymousPage(mm, vma, va, write);
     if (!isPresent(e)) {
       switch (swpType(e)) {
         case SWP.MIGRATION:
@@ -228,6 +229,11 @@ export class FaultHandler {
     mm.pt.setPte(addr, mkPte(np, true) + PTE.DIRTY + PTE.YOUNG);
     if (!isZero) {
       ps.mapcount[pfn] = (ps.mapcount[pfn] as number) - 1;
+      // A driver's inserted page (not anonymous) is replaced by an anonymous copy.
+      if (!((ps.flags[ps.compoundHead(pfn)] as number) & PG.anon)) {
+        mm.rssFile--;
+        mm.rssAnon++;
+      }
       core.refs.putPage(pfn);
     } else mm.rssAnon++;
     return 0;
@@ -335,7 +341,10 @@ export class FaultHandler {
     if (isPresent(e) || type === 0) {
       if (pfn === core.zeroPfn || core.huge.isHugeZeroPfn(pfn)) return;
       ps.mapcount[pfn] = (ps.mapcount[pfn] as number) - 1;
-      if (!vma.shared) mm.rssAnon--;
+      if (!vma.shared) {
+        if ((ps.flags[ps.compoundHead(pfn)] as number) & PG.anon || vma.file === undefined) mm.rssAnon--;
+        else mm.rssFile--;
+      }
       if ((ps.mapcount[pfn] as number) === 0 && (ps.flags[pfn] as number) & (PG.head | PG.tail))
         core.huge.deferredSplitFolio(ps.compoundHead(pfn));
       core.refs.putPage(pfn);

@@ -81,15 +81,18 @@ export class Forker {
           if (swpType(e) === SWP.DEVICE_EXCLUSIVE) {
             // Restore the CPU mapping first (the device loses exclusivity), then copy it.
             mmuNotifyRange(src, a, a + PAGE_SIZE, MMU_NOTIFY.EXCLUSIVE);
-            e = mkPte(entryPayload(e), e % 4 >= 2);
+            e = mkPte(entryPayload(e), (e & PTE.WRITE) !== 0);
             t[i] = e;
           }
           const ce = this.copyPte(src, dvma, a, e, t, i);
           if (ce === 0) continue;
           dst.pt.setPte(a, ce);
           const ty = swpType(ce);
-          if ((isPresent(ce) || ty === 0) && entryPayload(ce) !== core.zeroPfn && !core.huge.isHugeZeroPfn(entryPayload(ce))) dst.rssAnon++;
-          else if (ty === SWP.DEVICE_PRIVATE) dst.rssDevice++;
+          const cp = entryPayload(ce);
+          if ((isPresent(ce) || ty === 0) && cp !== core.zeroPfn && !core.huge.isHugeZeroPfn(cp)) {
+            if (vma.file !== undefined && !((core.pages.flags[core.pages.compoundHead(cp)] as number) & PG.anon)) dst.rssFile++;
+            else dst.rssAnon++;
+          } else if (ty === SWP.DEVICE_PRIVATE) dst.rssDevice++;
         }
       }
       va = pmdEnd;
@@ -105,14 +108,14 @@ export class Forker {
     if (isPresent(e) || type === 0) {
       if (pfn === core.zeroPfn || core.huge.isHugeZeroPfn(pfn)) return e;
       const head = ps.compoundHead(pfn);
-      if (this.maybeDmaPinned(head)) {
+      if ((ps.flags[head] as number) & PG.anon && this.maybeDmaPinned(head)) {
         const np = core.allocUserPage(false);
         if (np < 0) throw core.enomem("fork: no memory to copy a pinned page");
         core.contents.copyPages(np, pfn, 1);
         core.rmap.addNewAnon(np, dvma.mapping, dvma.pageIndex(va), false);
         core.vmstat.c.nr_anon_pages++;
         core.lru.add(np);
-        return mkPte(np, (dvma.flags & VM.WRITE) !== 0 && e % 4 >= 2) + PTE.DIRTY;
+        return mkPte(np, (dvma.flags & VM.WRITE) !== 0 && (e & PTE.WRITE) !== 0) + PTE.DIRTY;
       }
       ps.refcount[head] = (ps.refcount[head] as number) + 1;
       ps.mapcount[pfn] = (ps.mapcount[pfn] as number) + 1;

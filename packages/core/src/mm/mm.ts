@@ -15,12 +15,12 @@
  *
  * @see mm/mmap.c, mm/vma.c, mm/mprotect.c, mm/madvise.c, include/linux/mm_types.h
  */
-import { PAGE_SIZE } from "../phys/page-state";
-import { einval, HmmError } from "../sim/errors";
+import { PAGE_SIZE, PG } from "../phys/page-state";
+import { ERRNO, einval, errnoName, HmmError } from "../sim/errors";
 import type { MmCore } from "./mm-core";
 import { MMU_NOTIFY, MmuNotifierState, mmuNotifyRange } from "./mmu-notifier";
 import { mremap } from "./mremap";
-import { isHuge, PageTable, PMD_SIZE } from "./page-table";
+import { isHuge, mkPte, PageTable, PMD_SIZE, PTE } from "./page-table";
 import {
   MADV_COLLAPSE,
   MADV_DOFORK,
@@ -33,6 +33,7 @@ import {
   MAP_FIXED,
   MAP_PRIVATE,
   MAP_SHARED,
+  type MmapFile,
   PROT_EXEC,
   PROT_READ,
   PROT_WRITE,
@@ -66,6 +67,8 @@ export class Mm {
   rssAnon = 0;
   /** Device-private entries mapped. @see MM_SWAPENTS (the kernel counts them as swap entries) */
   rssDevice = 0;
+  /** Pages a driver inserted into a private driver mapping, still mapped. @see MM_FILEPAGES */
+  rssFile = 0;
   /** Users (tasks) of this mm. @see mm_users */
   users = 1;
 
@@ -104,26 +107,33 @@ export class Mm {
   }
 
   /**
-   * Map anonymous memory.
+   * Map anonymous memory, or a driver's file (a private mapping it populates).
    * @param addr - hint, or the exact address with MAP_FIXED (page aligned); 0 lets the kernel pick.
    * @param length - bytes, > 0 (rounded up to pages).
    * @param prot - PROT_READ | PROT_WRITE | PROT_EXEC, or PROT_NONE.
-   * @param flags - MAP_ANONYMOUS with MAP_PRIVATE or MAP_SHARED, optionally MAP_FIXED.
+   * @param flags - MAP_ANONYMOUS with MAP_PRIVATE or MAP_SHARED, optionally MAP_FIXED; with a
+   *   `file`, MAP_PRIVATE without MAP_ANONYMOUS.
+   * @param file - a driver file whose `mmap` populates the VMA (see {@link MmapFile}).
    * @returns the mapped address.
    * @throws HmmError EINVAL for a zero length, unaligned MAP_FIXED address, both or neither of
-   *   MAP_PRIVATE/MAP_SHARED, a file mapping or unknown bits; ENOMEM when no gap fits.
-   * @see do_mmap, mmap(2)
+   *   MAP_PRIVATE/MAP_SHARED, MAP_ANONYMOUS without a file or not MAP_ANONYMOUS with one, a shared
+   *   file mapping or unknown bits; ENOMEM when no gap fits; the errno the file's `mmap` returns
+   *   (the range is unmapped again).
+   * @see do_mmap, mmap_region, mmap(2)
    */
-  mmap(addr: number, length: number, prot: number, flags: number): number {
+  mmap(addr: number, length: number, prot: number, flags: number, file?: MmapFile): number {
     this.checkAlive();
+    if (file !== undefined && (file === null || typeof file.mmap !== "function")) einval("file", "an object with an mmap(mm, vma) method");
     if (!Number.isInteger(length) || length <= 0) einval("length", `a positive byte count, got ${length}`);
     if (!Number.isInteger(prot) || (prot & ~(PROT_READ | PROT_WRITE | PROT_EXEC)) !== 0) einval("prot", `PROT_* bits, got ${prot}`);
     if (!Number.isInteger(flags) || (flags & ~(MAP_SHARED | MAP_PRIVATE | MAP_FIXED | MAP_ANONYMOUS)) !== 0) {
       einval("flags", `MAP_SHARED|MAP_PRIVATE|MAP_FIXED|MAP_ANONYMOUS bits, got 0x${Number(flags).toString(16)}`);
     }
-    if (!(flags & MAP_ANONYMOUS)) einval("flags", "MAP_ANONYMOUS (hmmkit models anonymous memory only)");
+    if (file === undefined && !(flags & MAP_ANONYMOUS)) einval("flags", "MAP_ANONYMOUS (a file mapping needs the `file` argument)");
+    if (file !== undefined && flags & MAP_ANONYMOUS) einval("flags", "no MAP_ANONYMOUS with a file");
     const shared = (flags & MAP_SHARED) !== 0;
     if (shared === ((flags & MAP_PRIVATE) !== 0)) einval("flags", "exactly one of MAP_SHARED and MAP_PRIVATE");
+    if (file !== undefined && shared) einval("flags", "MAP_PRIVATE (shared driver mappings are not modelled)");
     const len = Math.ceil(length / PAGE_SIZE) * PAGE_SIZE;
     let start: number;
     if (flags & MAP_FIXED) {
@@ -140,8 +150,49 @@ export class Mm {
     obj.mms.add(this);
     if (shared) core.shmemVmaRef(obj.id, +1);
     const vma = new Vma(start, start + len, protToVm(prot) | (shared ? VM.SHARED : 0), obj.id, shared ? 0 : start / PAGE_SIZE);
+    vma.file = file;
     this.insertVma(vma);
+    if (file !== undefined) {
+      const r = file.mmap(this, vma);
+      if (r !== 0) {
+        this.munmapRange(start, start + len);
+        throw new HmmError(errnoName(r), `the file's mmap failed with ${r}`, "file");
+      }
+    }
     return start;
+  }
+
+  /**
+   * Insert a page into a driver mapping (from its file's `mmap`). The page must be a referenced,
+   * non-anonymous RAM page; the mapping takes its own reference and a mapcount, so the driver may
+   * drop its reference afterwards. The PTE is read-only in a private mapping (a write copies the
+   * page), and the VMA becomes VM_MIXEDMAP.
+   * @param vma - a driver VMA of this address space. @param addr - page aligned, inside it.
+   * @param pfn - the page.
+   * @returns 0, or -EBUSY when something is already mapped at `addr`.
+   * @throws HmmError EINVAL naming the argument: `vma` (not a live driver VMA), `addr` (unaligned or
+   *   outside), `pfn` (not a referenced RAM page, or an anonymous one).
+   * @see vm_insert_page, insert_page
+   */
+  vmInsertPage(vma: Vma, addr: number, pfn: number): number {
+    this.checkAlive();
+    if (!this.vmas.includes(vma) || vma.file === undefined) einval("vma", "a live driver VMA of this address space");
+    if (!Number.isInteger(addr) || addr % PAGE_SIZE !== 0 || addr < vma.start || addr >= vma.end) {
+      einval("addr", `a page-aligned address in [0x${vma.start.toString(16)}, 0x${vma.end.toString(16)}), got ${addr}`);
+    }
+    const ps = this.core.pages;
+    const ramPage = ps.pfnValid(pfn) && this.core.alloc.zoneOf(pfn) !== undefined;
+    if (!ramPage || (ps.refcount[ps.compoundHead(pfn)] as number) <= 0) einval("pfn", `a referenced RAM page, got ${pfn}`);
+    if ((ps.flags[ps.compoundHead(pfn)] as number) & PG.anon) einval("pfn", `a page that is not anonymous (pfn ${pfn})`);
+    const pmd = this.pt.getPmd(addr);
+    if ((pmd !== 0 && isHuge(pmd)) || this.pt.getPte(addr) !== 0) return -ERRNO.EBUSY;
+    vma.flags |= VM.MIXEDMAP;
+    this.core.refs.getPage(pfn);
+    ps.mapcount[pfn] = (ps.mapcount[pfn] as number) + 1;
+    this.rssFile++;
+    // vm_page_prot of a private mapping is read-only: the first write copies the page.
+    this.pt.setPte(addr, mkPte(pfn, false) + PTE.YOUNG);
+    return 0;
   }
 
   /**
@@ -245,7 +296,8 @@ export class Mm {
     for (let haddr = Math.ceil(start / PMD_SIZE) * PMD_SIZE; haddr + PMD_SIZE <= end; haddr += PMD_SIZE) {
       const vma = this.findVma(haddr);
       if (vma === undefined || haddr + PMD_SIZE > vma.end) continue;
-      if (vma.shared || vma.flags & VM.NOHUGEPAGE) einval("addr", "a private anonymous range without MADV_NOHUGEPAGE for MADV_COLLAPSE");
+      if (vma.shared || vma.file !== undefined || vma.flags & VM.NOHUGEPAGE)
+        einval("addr", "a private anonymous range without MADV_NOHUGEPAGE for MADV_COLLAPSE");
       const pmd = this.pt.getPmd(haddr);
       if (pmd !== 0 && isHuge(pmd)) continue;
       const free0 = this.core.vmstat.c.thp_collapse_alloc_failed;

@@ -5,11 +5,14 @@
  * flags. Private anonymous VMAs carry an anon_vma id (shared with the VMAs forked from them, so
  * the reverse map can find every mapping of a page); shared anonymous VMAs point to a shmem
  * object. `pgoff` is the page index of `start` in that object (for anon: `start / PAGE_SIZE` at
- * mmap time, kept across splits, as `vm_pgoff`).
+ * mmap time, kept across splits, as `vm_pgoff`). A private driver mapping (`file` set) holds the
+ * pages its driver inserted and, once written, the anonymous copies of them.
  *
  * @see include/linux/mm_types.h (struct vm_area_struct), include/linux/mm.h (VM_* flags),
  *      include/uapi/asm-generic/mman-common.h
  */
+
+import type { Mm } from "./mm";
 
 /** Page protections. @see include/uapi/asm-generic/mman-common.h */
 export const PROT_NONE = 0;
@@ -69,10 +72,29 @@ export const VM = {
 } as const;
 
 /**
+ * A file whose `mmap` populates a driver mapping (the kernel's `file_operations.mmap` of a
+ * character device). hmmkit models private driver mappings whose pages the driver inserts with
+ * {@link Mm.vmInsertPage}; there is no `->fault`, so an access to an address the driver did not
+ * populate gets SIGBUS, and a write to an inserted page copies it (COW) into an anonymous page.
+ * @see struct file_operations (mmap), vma_dummy_vm_ops
+ */
+export interface MmapFile {
+  /**
+   * Populate a new mapping of the file.
+   * @param mm - the address space. @param vma - the new VMA (already inserted).
+   * @returns 0, or a negative errno that fails the mmap (the VMA is then unmapped).
+   */
+  mmap(mm: Mm, vma: Vma): number;
+}
+
+/**
  * One virtual memory area.
  * @see struct vm_area_struct
  */
 export class Vma {
+  /** The mapped file of a driver mapping; undefined for anonymous and shmem VMAs. @see vm_file */
+  file: MmapFile | undefined = undefined;
+
   /**
    * @param start - first byte (page aligned).
    * @param end - one past the last byte (page aligned).
@@ -114,7 +136,9 @@ export class Vma {
    * @param start - new start. @param end - new end. @returns the copy.
    */
   slice(start: number, end: number): Vma {
-    return new Vma(start, end, this.flags, this.mapping, this.pgoff + Math.floor((start - this.start) / 4096));
+    const v = new Vma(start, end, this.flags, this.mapping, this.pgoff + Math.floor((start - this.start) / 4096));
+    v.file = this.file;
+    return v;
   }
 }
 

@@ -45,6 +45,16 @@ export const ERRNO = {
 export type Errno = keyof typeof ERRNO;
 
 /**
+ * The errno name of a negative (or positive) errno number.
+ * @param errno - e.g. -22. @returns e.g. `"EINVAL"`; `"EINVAL"` for a number with no name here.
+ */
+export function errnoName(errno: number): Errno {
+  const n = Math.abs(errno);
+  for (const k of Object.keys(ERRNO) as Errno[]) if (ERRNO[k] === n) return k;
+  return "EINVAL";
+}
+
+/**
  * An API error with an errno-style code and a message naming the offending argument.
  *
  * Thrown for misuse and bad input; the operation that threw changed no state.

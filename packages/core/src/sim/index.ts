@@ -3,7 +3,7 @@
  * @packageDocumentation
  */
 export { Fence, SimClock, type SimEvent } from "./clock";
-export { BugError, bugOn, ERRNO, type Errno, einval, HmmError } from "./errors";
+export { BugError, bugOn, ERRNO, type Errno, einval, errnoName, HmmError } from "./errors";
 export { type CoreEvents, TraceBus } from "./events";
 export { Rng } from "./rng";
 export { createToken, type Token, type TokenBrand } from "./tokens";

@@ -66,6 +66,7 @@ import {
   type MigrateVma,
   MMU_NOTIFY,
   type Mm,
+  type MmapFile,
   type MmuIntervalNotifier,
   type MmuNotifierRange,
   makeDeviceExclusive,
@@ -83,6 +84,7 @@ import {
   type Task,
   VM,
   VM_FAULT,
+  type Vma,
   type VmFault,
 } from "@hmmkit/core";
 import {
@@ -667,7 +669,7 @@ interface Bounce {
  * One open of a dmirror device: a mirror of the opener's address space.
  * @see struct dmirror, dmirror_fops
  */
-export class DmirrorFile {
+export class DmirrorFile implements MmapFile {
   /** The device page table. @see dmirror.pt */
   readonly pt = new DmirrorPt();
   /** The interval notifier over the whole address space. @see dmirror.notifier */
@@ -701,6 +703,30 @@ export class DmirrorFile {
 
   private get m(): Machine {
     return this.mdevice.machine;
+  }
+
+  /**
+   * The device file's mmap (pass the file to `mm.mmap`): back every page of the new private
+   * mapping with a zeroed system page inserted with `vmInsertPage`, so the VMA is VM_MIXEDMAP and
+   * its PTEs are read-only until a write copies the page.
+   * @param mm - the address space mapping the file. @param vma - the new VMA.
+   * @returns 0, -ENOMEM, or the error of `vmInsertPage` (mmap then unmaps what was inserted).
+   * @see dmirror_fops_mmap
+   * @example
+   * ```ts
+   * const p = task.mm.mmap(0, PAGE_SIZE, PROT_READ | PROT_WRITE, MAP_PRIVATE, file);
+   * ```
+   */
+  mmap(mm: Mm, vma: Vma): number {
+    const m = this.m;
+    for (let addr = vma.start; addr < vma.end; addr += PAGE_SIZE) {
+      const page = m.alloc.allocPages(0, GFP.ZERO);
+      if (page < 0) return ENOMEM;
+      const ret = mm.vmInsertPage(vma, addr, page);
+      m.mm.refs.putPage(page);
+      if (ret) return ret;
+    }
+    return 0;
   }
 
   /**

@@ -5,10 +5,9 @@
  * guard (Ctx.teardown).
  *
  * Not ported (no equivalent in hmmkit's mm): anon_write_hugetlbfs, compound (hugetlbfs);
- * file_read, file_write, migrate_file_private (file mappings); mixedmap (mmap of the device file,
- * VM_MIXEDMAP); exclusive, exclusive_mprotect, exclusive_cow (no make_device_exclusive);
- * hmm_gup_test (no GUP/gup_test); migrate_remap_fault (no mremap); benchmark_thp_migration
- * (packages/drivers/bench/migrate.bench.ts).
+ * file_read, file_write, migrate_file_private (file mappings backed by a page cache). The THP
+ * migration benchmark is packages/drivers/bench/migrate.bench.ts. mixedmap maps the dmirror file
+ * itself (its mmap inserts pages with vmInsertPage, as dmirror_fops_mmap does).
  */
 import {
   entryPayload,
@@ -32,6 +31,7 @@ import {
   PROT_WRITE,
   SWP,
   swpType,
+  VM,
 } from "@hmmkit/core";
 import { describe, expect, it } from "vitest";
 import {
@@ -396,6 +396,39 @@ describe.each(HMM_VARIANTS)("$name", (variant) => {
     // The schedule above makes both outcomes happen.
     expect(completed).toBeGreaterThan(0);
     expect(failed).toBeGreaterThan(0);
+    ctx.teardown();
+  });
+
+  it("mixedmap", async () => {
+    const { ctx, fd } = fixture();
+    const np = 1;
+    const sz = np * PAGE_SIZE;
+    const free0 = ctx.m.alloc.nrFreePages;
+    // mmap of the device file: dmirror_fops_mmap inserts a zeroed page (VM_MIXEDMAP).
+    const p = ctx.t.mm.mmap(0, sz, RW, MAP_PRIVATE, fd);
+    const vma = ctx.t.mm.findVma(p);
+    expect((vma?.flags ?? 0) & VM.MIXEDMAP).toBe(VM.MIXEDMAP);
+    expect(ctx.m.alloc.nrFreePages).toBe(free0 - 1);
+    expect(ctx.t.mm.rssFile).toBe(1);
+    const buf = buffer(p, sz, np);
+    expect(await hmmDmirrorCmd(fd, HMM_DMIRROR_SNAPSHOT, buf, np)).toBe(0);
+    expect(buf.cpages).toBe(np);
+    // A private mapping of the file: the inserted page is mapped read-only.
+    expect(buf.mirror[0]).toBe(HMM_DMIRROR_PROT_READ);
+    // Beyond the selftest: it reads as zeros, migrate_vma refuses the VMA, and a CPU write
+    // copies the page into an anonymous one (the driver's page is freed).
+    expect(await cpuInt(ctx, p)).toBe(0);
+    expect(await hmmMigrateSysToDev(fd, buf, np)).toBe(EINVAL);
+    await ctx.write(
+      p,
+      ints(1, () => 7),
+    );
+    expect(await cpuInt(ctx, p)).toBe(7);
+    expect(ctx.t.mm.rssFile).toBe(0);
+    expect(await hmmDmirrorCmd(fd, HMM_DMIRROR_SNAPSHOT, buf, np)).toBe(0);
+    expect(buf.mirror[0]).toBe(HMM_DMIRROR_PROT_WRITE);
+    ctx.t.mm.munmap(p, sz);
+    expect(ctx.m.alloc.nrFreePages).toBe(free0);
     ctx.teardown();
   });
 
