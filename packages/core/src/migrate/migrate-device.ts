@@ -158,6 +158,8 @@ export class MigrateDevice {
   private readonly copiedEntries = new Set<number>();
   /** Per migrate_vma src array: 1 where the page's only mapping was at start + i * PAGE_SIZE when collected. */
   private readonly soleMapping = new WeakMap<Float64Array, Uint8Array>();
+  /** The storage behind `soleMapping`, kept per src array across migrations (no allocation per window). */
+  private readonly soleBuffers = new WeakMap<Float64Array, Uint8Array>();
 
   /** @param core - the mm layer. */
   constructor(private readonly core: MmCore) {}
@@ -216,7 +218,12 @@ export class MigrateDevice {
     args.src.fill(0, 0, nr);
     args.cpages = 0;
     args.npages = 0;
-    this.soleMapping.set(args.src, new Uint8Array(nr));
+    let sole = this.soleBuffers.get(args.src);
+    if (sole === undefined || sole.length < nr) {
+      sole = new Uint8Array(args.src.length);
+      this.soleBuffers.set(args.src, sole);
+    } else sole.fill(0, 0, nr);
+    this.soleMapping.set(args.src, sole);
     this.collect(args);
     if (args.cpages > 0) args.cpages = this.unmap(args.src, args.npages, fp);
     return 0;
