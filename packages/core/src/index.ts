@@ -91,6 +91,7 @@ export {
   withBits,
 } from "./mm/page-table";
 export { AnonVma, Rmap, ShmemObject } from "./mm/rmap";
+export { ShmemFile } from "./mm/shmem";
 export { SWAPOUT, Swap, type SwapoutResult } from "./mm/swap";
 export { type FrontswapOps, SWAP_MAP_MAX, SWAP_SLOTS_PER_MIB, SwapInfo, type SwapSlotOwner } from "./mm/swapfile";
 export { ThpReservation, ThpReservations } from "./mm/thp-reserve";

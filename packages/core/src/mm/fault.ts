@@ -48,6 +48,7 @@ import {
   swpType,
   withBits,
 } from "./page-table";
+import type { ShmemObject } from "./rmap";
 import { VM, type Vma } from "./vma";
 
 /** Returned by a THP fault attempt that must fall back to base pages. */
@@ -113,8 +114,13 @@ export class FaultHandler {
     }
     if (vma.shared) return this.shmemFault(mm, vma, va, write);
     const e = pt.getPte(va);
-    // A driver mapping has no ->fault: what its mmap did not insert is not there.
-    if (e === 0) return vma.file !== undefined ? VM_FAULT.SIGBUS : this.doAnonymousPage(mm, vma, va, write);
+    if (e === 0) {
+      if (vma.file === undefined) return this.doAnonymousPage(mm, vma, va, write);
+      // A tmpfs file faults from its page cache; a driver mapping has no ->fault: what its mmap
+      // did not insert is not there.
+      const obj = vma.file.shmem;
+      return obj !== undefined ? this.privateFileFault(mm, vma, obj, va, write) : VM_FAULT.SIGBUS;
+    }
     if (!isPresent(e)) {
       switch (swpType(e)) {
         case SWP.MIGRATION:
@@ -176,22 +182,71 @@ export class FaultHandler {
     }
     const obj = core.shmemOf(vma.mapping);
     const index = vma.pageIndex(addr);
-    let pfn = obj.pages.get(index);
-    if (pfn === undefined) {
-      pfn = core.allocUserPage();
-      if (pfn < 0) return VM_FAULT.OOM;
-      const ps = core.pages;
-      ps.flags[pfn] = (ps.flags[pfn] as number) | PG.swapbacked | PG.uptodate;
-      ps.mapping[pfn] = obj.id;
-      ps.index[pfn] = index;
-      obj.pages.set(index, pfn);
-      core.lru.add(pfn);
-    }
+    if (index >= obj.sizePages) return VM_FAULT.SIGBUS;
+    const pfn = this.shmemGetPage(obj, index);
+    if (pfn < 0) return VM_FAULT.OOM;
     // The page cache holds one reference; each mapping holds another.
     core.refs.getPage(pfn);
     core.pages.mapcount[pfn] = (core.pages.mapcount[pfn] as number) + 1;
     const w = (vma.flags & VM.WRITE) !== 0 && write;
     mm.pt.setPte(addr, mkPte(pfn, (vma.flags & VM.WRITE) !== 0) + PTE.YOUNG + (w ? PTE.DIRTY : 0));
+    return 0;
+  }
+
+  /**
+   * The page-cache page at `index` of a shmem object, allocating a zeroed one for a hole.
+   * @param obj - the shmem object. @param index - page index.
+   * @returns the pfn (the cache holds one reference), or -1 when no page could be allocated.
+   * @see shmem_get_folio (SGP_CACHE)
+   */
+  shmemGetPage(obj: ShmemObject, index: number): number {
+    const core = this.core;
+    let pfn = obj.pages.get(index);
+    if (pfn !== undefined) return pfn;
+    pfn = core.allocUserPage();
+    if (pfn < 0) return -1;
+    const ps = core.pages;
+    ps.flags[pfn] = (ps.flags[pfn] as number) | PG.swapbacked | PG.uptodate;
+    ps.mapping[pfn] = obj.id;
+    ps.index[pfn] = index;
+    obj.pages.set(index, pfn);
+    core.lru.add(pfn);
+    return pfn;
+  }
+
+  /**
+   * A fault on a hole of a private mapping of a tmpfs file: a read maps the page-cache page
+   * read-only (a later write copies it); a write copies it into a new anonymous page at once.
+   * @see do_read_fault, do_cow_fault
+   */
+  private privateFileFault(mm: Mm, vma: Vma, obj: ShmemObject, va: number, write: boolean): number {
+    const core = this.core;
+    const ps = core.pages;
+    const addr = va - (va % PAGE_SIZE);
+    const index = vma.pageIndex(addr);
+    if (index >= obj.sizePages) return VM_FAULT.SIGBUS;
+    const pfn = this.shmemGetPage(obj, index);
+    if (pfn < 0) return VM_FAULT.OOM;
+    if (!write) {
+      core.refs.getPage(pfn);
+      ps.mapcount[pfn] = (ps.mapcount[pfn] as number) + 1;
+      mm.rssFile++;
+      mm.pt.setPte(addr, mkPte(pfn, false) + PTE.YOUNG);
+      return 0;
+    }
+    core.refs.getPage(pfn);
+    const np = core.allocUserPage(false);
+    if (np < 0) {
+      core.refs.putPage(pfn);
+      return VM_FAULT.OOM;
+    }
+    core.contents.copyPages(np, pfn, 1);
+    core.refs.putPage(pfn);
+    core.rmap.addNewAnon(np, vma.mapping, index, false);
+    core.vmstat.c.nr_anon_pages++;
+    core.lru.add(np);
+    mm.pt.setPte(addr, mkPte(np, true) + PTE.DIRTY + PTE.YOUNG);
+    mm.rssAnon++;
     return 0;
   }
 

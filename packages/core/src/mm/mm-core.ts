@@ -37,6 +37,7 @@ import { Mm } from "./mm";
 import { MMU_NOTIFY, mmuNotifierInvalidateRangeEnd, mmuNotifierInvalidateRangeStart, mmuNotifyRange } from "./mmu-notifier";
 import { PageRefs } from "./page-ref";
 import { AnonVma, Rmap, ShmemObject } from "./rmap";
+import { ShmemFile } from "./shmem";
 import { Swap } from "./swap";
 import { SWAP_SLOTS_PER_MIB } from "./swapfile";
 import { ThpReservations } from "./thp-reserve";
@@ -345,6 +346,22 @@ export class MmCore {
     const o = this.rmap.get(id);
     if (!(o instanceof ShmemObject)) throw new BugError("not-shmem", `mapping ${id} is not a shmem object`);
     return o;
+  }
+
+  /**
+   * Create a tmpfs file of `size` bytes (an O_TMPFILE on tmpfs plus ftruncate).
+   * @param size - bytes, >= 0. @returns the open file; `close()` it when done.
+   * @throws HmmError EINVAL for a bad size.
+   * @see shmem_file_setup
+   * @example
+   * ```ts
+   * const f = m.mm.shmemFileSetup(4096);
+   * f.pwrite(new Uint8Array([1, 2, 3]), 0);
+   * const p = task.mm.mmap(0, 4096, PROT_READ, MAP_SHARED, f);
+   * ```
+   */
+  shmemFileSetup(size: number): ShmemFile {
+    return new ShmemFile(this, size);
   }
 
   /**

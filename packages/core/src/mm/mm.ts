@@ -8,8 +8,10 @@
  * refcount and mapcount exact. Anonymous mappings of at least 2 MiB are placed on a 2 MiB
  * boundary, as the kernel's THP-aware get_unmapped_area does.
  *
- * Only anonymous memory is modelled (private, and shared = shmem); file mappings are out of scope
- * and refused with EINVAL. The emulator does not model mmap_lock contention: layout changes are
+ * Anonymous memory is modelled (private, and shared = shmem), and two kinds of files: tmpfs files
+ * (`ShmemFile`: shared mappings of their page cache, private ones that fault from it) and driver
+ * files whose mmap inserts pages (VM_MIXEDMAP). Disk-backed files are out of scope. The emulator
+ * does not model mmap_lock contention: layout changes are
  * synchronous, and in-flight migrations tolerate them the way the kernel's do after the lock is
  * dropped (a vanished migration entry is simply not restored).
  *
@@ -133,7 +135,7 @@ export class Mm {
     if (file !== undefined && flags & MAP_ANONYMOUS) einval("flags", "no MAP_ANONYMOUS with a file");
     const shared = (flags & MAP_SHARED) !== 0;
     if (shared === ((flags & MAP_PRIVATE) !== 0)) einval("flags", "exactly one of MAP_SHARED and MAP_PRIVATE");
-    if (file !== undefined && shared) einval("flags", "MAP_PRIVATE (shared driver mappings are not modelled)");
+    if (file !== undefined && shared && file.shmem === undefined) einval("flags", "MAP_PRIVATE (shared driver mappings are not modelled)");
     const len = Math.ceil(length / PAGE_SIZE) * PAGE_SIZE;
     let start: number;
     if (flags & MAP_FIXED) {
@@ -146,10 +148,13 @@ export class Mm {
       start = this.unmappedArea(len, len >= PMD_SIZE ? PMD_SIZE : PAGE_SIZE);
     }
     const core = this.core;
-    const obj = shared ? core.rmap.newShmem() : core.rmap.newAnonVma();
+    // A shared mapping of a tmpfs file maps its page cache; anything else gets a new object.
+    const obj = shared ? (file?.shmem ?? core.rmap.newShmem()) : core.rmap.newAnonVma();
     obj.mms.add(this);
     if (shared) core.shmemVmaRef(obj.id, +1);
-    const vma = new Vma(start, start + len, protToVm(prot) | (shared ? VM.SHARED : 0), obj.id, shared ? 0 : start / PAGE_SIZE);
+    // vm_pgoff: the file offset (0) for file and shmem mappings, the linear page index for anon.
+    const pgoff = shared || file !== undefined ? 0 : start / PAGE_SIZE;
+    const vma = new Vma(start, start + len, protToVm(prot) | (shared ? VM.SHARED : 0), obj.id, pgoff);
     vma.file = file;
     this.insertVma(vma);
     if (file !== undefined) {

@@ -35,8 +35,10 @@ export class ShmemObject {
   readonly pages = new Map<number, number>();
   /** Address spaces with VMAs mapping it. */
   readonly mms = new Set<Mm>();
-  /** VMAs referencing it; at zero its pages are released. */
+  /** VMAs (and open files) referencing it; at zero its pages are released. */
   vmaRefs = 0;
+  /** Size in pages of a tmpfs file (a fault at or beyond it is SIGBUS); unbounded for MAP_SHARED|MAP_ANONYMOUS. @see i_size */
+  sizePages = Number.POSITIVE_INFINITY;
   /** @param id - mapping id (> 0). */
   constructor(readonly id: number) {}
 }

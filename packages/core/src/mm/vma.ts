@@ -13,6 +13,7 @@
  */
 
 import type { Mm } from "./mm";
+import type { ShmemObject } from "./rmap";
 
 /** Page protections. @see include/uapi/asm-generic/mman-common.h */
 export const PROT_NONE = 0;
@@ -72,13 +73,19 @@ export const VM = {
 } as const;
 
 /**
- * A file whose `mmap` populates a driver mapping (the kernel's `file_operations.mmap` of a
- * character device). hmmkit models private driver mappings whose pages the driver inserts with
- * {@link Mm.vmInsertPage}; there is no `->fault`, so an access to an address the driver did not
- * populate gets SIGBUS, and a write to an inserted page copies it (COW) into an anonymous page.
- * @see struct file_operations (mmap), vma_dummy_vm_ops
+ * A mappable file. Two kinds: a driver file (the kernel's `file_operations.mmap` of a character
+ * device), whose `mmap` populates a private mapping with {@link Mm.vmInsertPage} — there is no
+ * `->fault`, so an address the driver did not populate gets SIGBUS, and a write to an inserted
+ * page copies it (COW) into an anonymous page; and a tmpfs file (`shmem` set, see `ShmemFile`),
+ * whose shared mappings map its page cache and whose private mappings fault from it.
+ * @see struct file_operations (mmap), vma_dummy_vm_ops, shmem_file_operations
  */
 export interface MmapFile {
+  /**
+   * The page cache of a tmpfs file (see `ShmemFile`): set, the file is mapped like shmem (shared)
+   * or faulted from its page cache (private); unset, it is a driver file that populates its VMAs.
+   */
+  readonly shmem?: ShmemObject;
   /**
    * Populate a new mapping of the file.
    * @param mm - the address space. @param vma - the new VMA (already inserted).

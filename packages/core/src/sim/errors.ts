@@ -17,6 +17,8 @@ export const ERRNO = {
   EINTR: 4,
   /** I/O error (e.g. a failed DMA). */
   EIO: 5,
+  /** Bad file descriptor (e.g. a closed file). */
+  EBADF: 9,
   /** Try again. */
   EAGAIN: 11,
   /** Out of memory. */

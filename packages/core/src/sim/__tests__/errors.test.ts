@@ -1,6 +1,6 @@
 import { describe, expect, it } from "vitest";
 import { validateMachineConfig } from "../../config";
-import { BugError, bugOn, ERRNO, einval, HmmError } from "../errors";
+import { BugError, bugOn, ERRNO, einval, errnoName, HmmError } from "../errors";
 
 function thrown(fn: () => unknown): unknown {
   try {
@@ -12,12 +12,20 @@ function thrown(fn: () => unknown): unknown {
 }
 
 describe("errors", () => {
+  it("errnoName maps an errno number (either sign) back to its name", () => {
+    expect(errnoName(-22)).toBe("EINVAL");
+    expect(errnoName(12)).toBe("ENOMEM");
+    expect(errnoName(-9)).toBe("EBADF");
+    expect(errnoName(-4095)).toBe("EINVAL");
+  });
+
   it("ERRNO has the numbers of include/uapi/asm-generic/errno-base.h and errno.h", () => {
     expect(ERRNO).toEqual({
       EPERM: 1,
       ENOENT: 2,
       EINTR: 4,
       EIO: 5,
+      EBADF: 9,
       EAGAIN: 11,
       ENOMEM: 12,
       EFAULT: 14,

@@ -4,10 +4,11 @@
  * the kernel's exact return values, `cpages`, `faults` and data. Every test ends with the leak
  * guard (Ctx.teardown).
  *
- * Not ported (no equivalent in hmmkit's mm): anon_write_hugetlbfs, compound (hugetlbfs);
- * file_read, file_write, migrate_file_private (file mappings backed by a page cache). The THP
- * migration benchmark is packages/drivers/bench/migrate.bench.ts. mixedmap maps the dmirror file
- * itself (its mmap inserts pages with vmInsertPage, as dmirror_fops_mmap does).
+ * Not ported (no hugetlbfs in hmmkit): anon_write_hugetlbfs, compound. The THP migration
+ * benchmark is packages/drivers/bench/migrate.bench.ts. file_read, file_write and
+ * migrate_file_private use a tmpfs file (`shmemFileSetup`, as hmm_create_file's O_TMPFILE in /tmp);
+ * mixedmap maps the dmirror file itself (its mmap inserts pages with vmInsertPage, as
+ * dmirror_fops_mmap does).
  */
 import {
   entryPayload,
@@ -272,6 +273,65 @@ describe.each(HMM_VARIANTS)("$name", (variant) => {
     expectInts(buf.mirror, (i) => i);
     expect(ctx.t.mm.rssDevice).toBe(variant.coherent ? 0 : npages);
     hmmBufferFree(ctx, buf);
+    ctx.teardown();
+  });
+
+  it("file_read", async () => {
+    const { ctx, fd } = fixture();
+    // hmm_create_file: an O_TMPFILE in /tmp (tmpfs) truncated to size.
+    const file = ctx.m.mm.shmemFileSetup(size);
+    expect(
+      file.pwrite(
+        ints(nints, (i) => i),
+        0,
+      ),
+    ).toBe(size);
+    const buf = buffer(ctx.t.mm.mmap(0, size, PROT_READ, MAP_SHARED, file), size);
+    expect(await hmmDmirrorCmd(fd, HMM_DMIRROR_READ, buf, npages)).toBe(0);
+    expect(buf.cpages).toBe(npages);
+    expect(buf.faults).toBe(1);
+    expectInts(buf.mirror, (i) => i);
+    hmmBufferFree(ctx, buf);
+    file.close();
+    ctx.teardown();
+  });
+
+  it("file_write", async () => {
+    const { ctx, fd } = fixture();
+    const file = ctx.m.mm.shmemFileSetup(size);
+    const buf = buffer(ctx.t.mm.mmap(0, size, RW, MAP_SHARED, file), size);
+    buf.mirror = ints(nints, (i) => i);
+    expect(await hmmDmirrorCmd(fd, HMM_DMIRROR_WRITE, buf, npages)).toBe(0);
+    expect(buf.cpages).toBe(npages);
+    expect(buf.faults).toBe(1);
+    expectInts(await ctx.read(buf.ptr, size), (i) => i);
+    // The device also wrote the file.
+    const back = new Uint8Array(size);
+    expect(file.pread(back, 0)).toBe(size);
+    expectInts(back, (i) => i);
+    hmmBufferFree(ctx, buf);
+    file.close();
+    ctx.teardown();
+  });
+
+  it("migrate_file_private", async () => {
+    const { ctx, fd } = fixture();
+    const file = ctx.m.mm.shmemFileSetup(size);
+    const buf = buffer(ctx.t.mm.mmap(0, size, RW, MAP_PRIVATE, file), size);
+    // Writing a private file mapping gives every page an anonymous copy, which can migrate.
+    await ctx.write(
+      buf.ptr,
+      ints(nints, (i) => i),
+    );
+    expect(await hmmMigrateSysToDev(fd, buf, npages)).toBe(0);
+    expect(buf.cpages).toBe(npages);
+    expectInts(buf.mirror, (i) => i);
+    // The file itself was never written.
+    const back = new Uint8Array(size);
+    file.pread(back, 0);
+    expectInts(back, () => 0);
+    hmmBufferFree(ctx, buf);
+    file.close();
     ctx.teardown();
   });
 
