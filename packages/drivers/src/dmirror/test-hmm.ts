@@ -45,6 +45,7 @@
  */
 import {
   BugError,
+  type Contents,
   type DevPagemap,
   type DevPagemapOps,
   ERRNO,
@@ -137,6 +138,63 @@ const RANGE_FAULT_MAX_RETRIES = 100_000;
 
 function hasF(m: number, f: number): boolean {
   return (mpfnFlags(m) & f) !== 0;
+}
+
+// ------------------------------------------------------------------------------------------------
+// Copies of a migration window
+
+/**
+ * The copies (and clears) of one migration window, coalesced into runs of pages contiguous on
+ * both sides and done together once every destination is allocated. A run of contiguous pfns is
+ * contiguous in the direct map, so one memcpy covers it, as a DMA engine takes one descriptor
+ * for it; doing the window's copies back to back also overlaps their cache misses, which a copy
+ * between two allocations cannot.
+ * @see dmirror_migrate_alloc_and_copy, dmirror_devmem_fault_alloc_and_copy (copy_highpage per page)
+ */
+class DmirrorCopyList {
+  private ops = new Float64Array(3 * 64);
+  private n = 0;
+
+  /**
+   * Queue a copy of `pages` pages from `src` to `dst`, or a clear of `dst` when `src` is -1.
+   * @param dst - first destination pfn. @param src - first source pfn, or -1. @param pages - count.
+   */
+  add(dst: number, src: number, pages: number): void {
+    const o = this.ops;
+    const last = 3 * (this.n - 1);
+    if (this.n > 0) {
+      const ld = o[last] as number;
+      const ls = o[last + 1] as number;
+      const ln = o[last + 2] as number;
+      if (ld + ln === dst && ((src < 0 && ls < 0) || (src >= 0 && ls >= 0 && ls + ln === src))) {
+        o[last + 2] = ln + pages;
+        return;
+      }
+    }
+    if (3 * (this.n + 1) > o.length) {
+      const grown = new Float64Array(o.length * 2);
+      grown.set(o);
+      this.ops = grown;
+    }
+    const at = 3 * this.n++;
+    this.ops[at] = dst;
+    this.ops[at + 1] = src;
+    this.ops[at + 2] = pages;
+  }
+
+  /**
+   * Do every queued copy and clear, in order, and empty the list.
+   * @param contents - the machine's page contents.
+   */
+  flush(contents: Contents): void {
+    const o = this.ops;
+    for (let i = 0; i < 3 * this.n; i += 3) {
+      const src = o[i + 1] as number;
+      if (src < 0) contents.clearPages(o[i] as number, o[i + 2] as number);
+      else contents.copyPages(o[i] as number, src, o[i + 2] as number);
+    }
+    this.n = 0;
+  }
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -672,6 +730,8 @@ interface Bounce {
 export class DmirrorFile implements MmapFile {
   /** The device page table. @see dmirror.pt */
   readonly pt = new DmirrorPt();
+  /** The copies of the migration window in progress. */
+  private readonly copies = new DmirrorCopyList();
   /** The interval notifier over the whole address space. @see dmirror.notifier */
   readonly notifier: MmuIntervalNotifier;
   /** Flags set by HMM_DMIRROR_FLAGS ({@link HMM_DMIRROR_FLAG_FAIL_ALLOC}). @see dmirror.flags */
@@ -1029,9 +1089,17 @@ export class DmirrorFile implements MmapFile {
    * @see dmirror_migrate_alloc_and_copy
    */
   private migrateAllocAndCopy(args: MigrateVma): void {
+    const copies = this.copies;
+    try {
+      this.migrateAlloc(args, copies);
+    } finally {
+      copies.flush(this.m.contents);
+    }
+  }
+
+  private migrateAlloc(args: MigrateVma, copies: DmirrorCopyList): void {
     const m = this.m;
     const ps = m.pages;
-    const contents = m.contents;
     const { src, dst } = args;
     const npages = args.npages;
     for (let i = 0; i < npages; ) {
@@ -1063,8 +1131,7 @@ export class DmirrorFile implements MmapFile {
           const d = this.mdevice.devmemAllocPage(this, false);
           if (d < 0) return; // the kernel would dereference NULL; leave the rest undecided
           dst[i] = migratePfn(d) + write;
-          if (spage >= 0) contents.copyPages(d, spage + j, 1);
-          else contents.clearPages(d, 1);
+          copies.add(d, spage >= 0 ? spage + j : -1, 1);
           i++;
         }
         continue;
@@ -1072,13 +1139,11 @@ export class DmirrorFile implements MmapFile {
       dst[i] = migratePfn(dpage) + write;
       if (isLarge) {
         dst[i] = (dst[i] as number) + MIGRATE_PFN.COMPOUND;
-        if (spage >= 0) contents.copyPages(dpage, spage, HPAGE_PMD_NR);
-        else contents.clearPages(dpage, HPAGE_PMD_NR);
+        copies.add(dpage, spage, HPAGE_PMD_NR);
         i += HPAGE_PMD_NR;
         continue;
       }
-      if (spage >= 0) contents.copyPages(dpage, spage, 1);
-      else contents.clearPages(dpage, 1);
+      copies.add(dpage, spage, 1);
       i++;
     }
   }
@@ -1177,6 +1242,15 @@ export class DmirrorFile implements MmapFile {
    * @see dmirror_devmem_fault_alloc_and_copy
    */
   devmemFaultAllocAndCopy(args: MigrateVma): number {
+    const copies = this.copies;
+    try {
+      return this.devmemFaultAlloc(args, copies);
+    } finally {
+      copies.flush(this.m.contents);
+    }
+  }
+
+  private devmemFaultAlloc(args: MigrateVma, copies: DmirrorCopyList): number {
     const m = this.m;
     const ps = m.pages;
     const refs = m.mm.refs;
@@ -1214,12 +1288,12 @@ export class DmirrorFile implements MmapFile {
       }
       dst[i] = d;
       if (dpage >= 0) {
-        // One destination for the whole folio: erase the mirror entries, copy in one call.
+        // One destination for the whole folio: erase the mirror entries, copy in one run.
         const u = addr / PAGE_SIZE;
         if (n === 1) this.pt.erase(u);
         else this.pt.eraseRange(u, u + n);
         addr += n * PAGE_SIZE;
-        m.contents.copyPages(dpage, spage, n);
+        copies.add(dpage, spage, n);
         i += n;
         continue;
       }
@@ -1240,8 +1314,9 @@ export class DmirrorFile implements MmapFile {
         dst[i + j] = migratePfn(p);
         this.pt.erase(addr / PAGE_SIZE);
         addr += PAGE_SIZE;
-        m.contents.copyPages(p, spage + j, 1);
       }
+      // Every subpage has a destination: queue their copies (none were queued if one failed).
+      for (let j = 0; j < n; j++) copies.add(migratePfnToPfn(dst[i + j] as number), spage + j, 1);
       i += n;
     }
     return 0;
