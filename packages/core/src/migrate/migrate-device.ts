@@ -824,8 +824,8 @@ export class MigrateDevice {
       for (let i = 0; i < npages; ) {
         const sm0 = src[i] as number;
         const dm0 = dst[i] as number;
-        const newpage = migratePfnToPfn(dm0);
-        const page = migratePfnToPfn(sm0);
+        const newpage = dm0 & MIGRATE_PFN.VALID ? Math.floor(dm0 / 64) : -1;
+        const page = sm0 & MIGRATE_PFN.VALID ? Math.floor(sm0 / 64) : -1;
         let nr = 1;
         // Fast path: a base page with a base-page destination, both plain RAM or the source RAM
         // and the destination device memory of an anonymous source (the common case).
@@ -1041,8 +1041,11 @@ export class MigrateDevice {
     let ok = 0;
     let failed = 0;
     for (let i = 0; i < npages; i++) {
-      const newpage = migratePfnToPfn(dst[i] as number);
-      const page = migratePfnToPfn(src[i] as number);
+      // migratePfnToPfn, by hand: this loop runs once per page.
+      const dm = dst[i] as number;
+      const sm = src[i] as number;
+      const newpage = dm & MIGRATE_PFN.VALID ? Math.floor(dm / 64) : -1;
+      const page = sm & MIGRATE_PFN.VALID ? Math.floor(sm / 64) : -1;
       let dstHead = newpage >= 0 ? ps.compoundHead(newpage) : -1;
       if (page < 0) {
         if (dstHead >= 0) {

@@ -203,7 +203,9 @@ export class PageAllocator {
   }
 
   private tryZones(order: number, gfp: number, nid: number): number {
-    for (const z of this.zones) {
+    const zones = this.zones;
+    for (let i = 0; i < zones.length; i++) {
+      const z = zones[i] as Zone;
       if (nid >= 0 && z.nid !== nid) continue;
       const pfn = this.rmqueue(z, order, gfp);
       if (pfn >= 0) return pfn;

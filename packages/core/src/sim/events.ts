@@ -96,7 +96,9 @@ export class TraceBus<E extends { [K in keyof E]: readonly unknown[] } = CoreEve
    * @returns true when at least one listener is attached.
    */
   wants(name: keyof E): boolean {
-    // eventemitter3 keeps listeners in a private _events object; listenerCount is cheap enough.
+    // eventemitter3 counts the event names that have listeners in `_eventsCount`: with no
+    // listener at all (the common case on hot paths) one property read answers.
+    if ((this as unknown as { _eventsCount?: unknown })._eventsCount === 0) return false;
     return this.listenerCount(name as never) > 0;
   }
 }
