@@ -291,10 +291,12 @@ export class Memremap {
       ps.mapping[head] = 0;
       ps.index[head] = 0;
     } else {
-      ps.flags.fill(PG.zoneDevice, head, head + n);
+      // prep_compound_page on freshly initialised pages: head, then tails.
+      ps.flags[head] = PG.zoneDevice | PG.head;
+      ps.flags.fill(PG.zoneDevice | PG.tail, head + 1, head + n);
+      ps.order.fill(order, head, head + n);
       ps.mapping.fill(0, head, head + n);
       ps.index.fill(0, head, head + n);
-      ps.prepCompound(head, order);
     }
     ps.refcount[head] = 1;
     ps.flags[head] = (ps.flags[head] as number) | PG.locked;

@@ -356,10 +356,10 @@ export class MigrateDevice {
   }
 
   private skip(args: MigrateVma, a: number, b: number): void {
-    for (let x = a; x < b; x += PAGE_SIZE) {
-      args.dst[args.npages] = 0;
-      args.src[args.npages++] = 0;
-    }
+    const n = Math.max(0, Math.ceil((b - a) / PAGE_SIZE));
+    args.dst.fill(0, args.npages, args.npages + n);
+    args.src.fill(0, args.npages, args.npages + n);
+    args.npages += n;
   }
 
   private collectHole(args: MigrateVma, a: number, b: number): void {
@@ -824,6 +824,10 @@ export class MigrateDevice {
       for (let i = 0; i < npages; ) {
         const sm0 = src[i] as number;
         const dm0 = dst[i] as number;
+        if (sm0 === 0 && dm0 === 0) {
+          i++; // nothing collected, nothing to commit (the tail entries of a COMPOUND one)
+          continue;
+        }
         const newpage = dm0 & MIGRATE_PFN.VALID ? Math.floor(dm0 / 64) : -1;
         const page = sm0 & MIGRATE_PFN.VALID ? Math.floor(sm0 / 64) : -1;
         let nr = 1;

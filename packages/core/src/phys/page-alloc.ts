@@ -396,7 +396,12 @@ export class PageAllocator {
       ps.order.fill(0, pfn, pfn + n);
     }
     ps.refcount[pfn] = 1;
-    if (order > 0 && gfp & GFP.COMP) ps.prepCompound(pfn, order);
+    if (order > 0 && gfp & GFP.COMP) {
+      // prep_compound_page on pages whose flags were just cleared: head, then tails.
+      ps.flags[pfn] = PG.head;
+      ps.flags.fill(PG.tail, pfn + 1, pfn + n);
+      ps.order.fill(order, pfn, pfn + n);
+    }
     if (gfp & GFP.ZERO) this.contents.clearPages(pfn, n);
     if (this.bus?.wants("mm_page_alloc")) this.bus.emit("mm_page_alloc", { pfn, order });
     this.vmstat.c.pgalloc_normal += n;
