@@ -6,6 +6,7 @@
 
 export {
   DEVMEM_CHUNK_PAGES,
+  DevmemFreeList,
   DMIRROR_FAULT_WINDOW,
   DMIRROR_NDEVICES,
   DmirrorChunk,

@@ -8,7 +8,7 @@
  * is its own owner (`pagemap.owner = mdevice`), so device 0 treats device 1's private pages as
  * foreign. A device's memory comes in chunks (256 MiB by default, `DEVMEM_CHUNK_SIZE`), each one
  * `memremapPages` of a fresh range; a chunk is cut either into 4 KiB pages (`freePages`) or, when
- * it was allocated for a THP request, into 2 MiB folios (`freeFolios`). Allocation pops a free
+ * it was allocated for a THP request, into 2 MiB folios (`freeFolios`). Allocation takes from a free
  * list (or adds a chunk) and initialises the page with `zoneDeviceFolioInit` (refcount 1,
  * locked); the core calls `folioFree` when its last reference goes and the page returns to its
  * free list (`cfree`), unless its chunk is being removed.
@@ -380,6 +380,51 @@ export interface DmirrorOptions {
 }
 
 /**
+ * A free list of device pfns (4 KiB pages or 2 MiB folio heads), first in first out: allocation
+ * takes the page freed longest ago. The kernel's dmirror keeps a LIFO list; FIFO order gives a
+ * migration that frees its pages in ascending order the same ascending pages back, so the next
+ * migration's copies stay contiguous runs (see `DmirrorCopyList`), round after round.
+ * @see dmirror_device.free_pages, dmirror_device.free_folios
+ */
+export class DevmemFreeList {
+  private items: number[] = [];
+  private head = 0;
+
+  /** Entries on the list. */
+  get length(): number {
+    return this.items.length - this.head;
+  }
+
+  /** Put a free pfn at the tail. @param pfn - a free page or folio head. */
+  push(pfn: number): void {
+    this.items.push(pfn);
+  }
+
+  /** Take the pfn at the head. @returns it, or undefined when the list is empty. */
+  shift(): number | undefined {
+    if (this.head >= this.items.length) return undefined;
+    const p = this.items[this.head++] as number;
+    if (this.head >= 4096 && this.head * 2 >= this.items.length) {
+      this.items = this.items.slice(this.head);
+      this.head = 0;
+    }
+    return p;
+  }
+
+  /** Keep only the entries `keep` accepts, in order. @param keep - predicate on a pfn. */
+  retain(keep: (pfn: number) => boolean): void {
+    this.items = this.items.slice(this.head).filter(keep);
+    this.head = 0;
+  }
+
+  /** Empty the list. */
+  clear(): void {
+    this.items = [];
+    this.head = 0;
+  }
+}
+
+/**
  * One dmirror device: its memory chunks, free lists and counters. The device object is the owner
  * of its pgmaps (`pagemap.owner = mdevice`).
  * @see struct dmirror_device
@@ -391,10 +436,10 @@ export class DmirrorDevice {
   calloc = 0;
   /** Pages returned to the free lists, ever. @see dmirror_device.cfree */
   cfree = 0;
-  /** Free 4 KiB device pages (a stack: the next allocation is the last element). @see dmirror_device.free_pages */
-  freePages: number[] = [];
+  /** Free 4 KiB device pages. @see dmirror_device.free_pages */
+  readonly freePages = new DevmemFreeList();
   /** Free 2 MiB device folios (heads). @see dmirror_device.free_folios */
-  freeFolios: number[] = [];
+  readonly freeFolios = new DevmemFreeList();
   /**
    * The pgmap callbacks shared by every chunk of this device (the kernel's `dmirror_devmem_ops`).
    * Tests may wrap a callback to observe it.
@@ -519,12 +564,12 @@ export class DmirrorDevice {
     const chunk = new DmirrorChunk(pg, this);
     this.chunks.push(chunk);
     this.byPgmap.set(pg.id, chunk);
-    // Pushed from the top down so that allocation pops ascending pfns.
-    if (isLarge) for (let p = pg.endPfn - HPAGE_PMD_NR; p >= pg.startPfn; p -= HPAGE_PMD_NR) this.freeFolios.push(p);
-    else for (let p = pg.endPfn - 1; p >= pg.startPfn; p--) this.freePages.push(p);
+    // In ascending order: allocation takes the lowest pfns first.
+    if (isLarge) for (let p = pg.startPfn; p < pg.endPfn; p += HPAGE_PMD_NR) this.freeFolios.push(p);
+    else for (let p = pg.startPfn; p < pg.endPfn; p++) this.freePages.push(p);
     if (!wantPage) return 0;
     const list = isLarge ? this.freeFolios : this.freePages;
-    const p = list.pop();
+    const p = list.shift();
     if (p === undefined) return -1;
     this.calloc += isLarge ? HPAGE_PMD_NR : 1;
     return p;
@@ -540,10 +585,10 @@ export class DmirrorDevice {
   devmemAllocPage(dmirror: DmirrorFile, isLarge: boolean): number {
     let dpage: number | undefined;
     if (isLarge && this.freeFolios.length > 0) {
-      dpage = this.freeFolios.pop() as number;
+      dpage = this.freeFolios.shift() as number;
       this.calloc += HPAGE_PMD_NR;
     } else if (!isLarge && this.freePages.length > 0) {
-      dpage = this.freePages.pop() as number;
+      dpage = this.freePages.shift() as number;
       this.calloc++;
     } else {
       dpage = this.allocateChunk(isLarge, true);
@@ -702,15 +747,15 @@ export class DmirrorDevice {
       chunk.remove = true;
       const { startPfn, endPfn } = chunk.pagemap;
       const outside = (p: number) => p < startPfn || p >= endPfn;
-      this.freePages = this.freePages.filter(outside);
-      this.freeFolios = this.freeFolios.filter(outside);
+      this.freePages.retain(outside);
+      this.freeFolios.retain(outside);
       this.evictChunk(chunk);
       m.memremap.memunmapPages(chunk.pagemap);
       this.byPgmap.delete(chunk.pagemap.id);
     }
     this.chunks = [];
-    this.freePages = [];
-    this.freeFolios = [];
+    this.freePages.clear();
+    this.freeFolios.clear();
   }
 }
 
