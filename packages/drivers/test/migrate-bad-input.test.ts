@@ -178,7 +178,11 @@ describe("migrate_vma_pages bad destinations", () => {
     };
     const unlocked = fd.mdevice.devmemAllocPage(fd, false);
     m.mm.refs.unlockPage(unlocked);
-    const freePage = fd.mdevice.freePages[fd.mdevice.freePages.length - 1] as number;
+    // A device page that was allocated and freed again: refcount 0, back on the free list.
+    const freePage = fd.mdevice.devmemAllocPage(fd, false);
+    m.mm.refs.unlockPage(freePage);
+    m.mm.refs.putPage(freePage);
+    expect(m.pages.refcount[freePage]).toBe(0);
     const bad: [string, (dst: Float64Array) => void, string | RegExp][] = [
       ["unlocked device page", (d) => (d[3] = migratePfn(unlocked)), "args.dst[3]"],
       ["free device page (refcount 0)", (d) => (d[5] = migratePfn(freePage)), "args.dst[5]"],
