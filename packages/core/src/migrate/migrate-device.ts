@@ -1048,6 +1048,7 @@ export class MigrateDevice {
       // migratePfnToPfn, by hand: this loop runs once per page.
       const dm = dst[i] as number;
       const sm = src[i] as number;
+      if (sm === 0 && dm === 0) continue; // not collected, no destination (e.g. a COMPOUND entry's tail)
       const newpage = dm & MIGRATE_PFN.VALID ? Math.floor(dm / 64) : -1;
       const page = sm & MIGRATE_PFN.VALID ? Math.floor(sm / 64) : -1;
       let dstHead = newpage >= 0 ? ps.compoundHead(newpage) : -1;

@@ -309,10 +309,9 @@ export class DmirrorPt {
     const visit = (k: number, leaf: Float64Array) => {
       const a = Math.max(startUpfn, k * PT_SHIFT_PAGES) - k * PT_SHIFT_PAGES;
       const b = Math.min(endUpfn, (k + 1) * PT_SHIFT_PAGES) - k * PT_SHIFT_PAGES;
-      if (a === 0 && b === PT_SHIFT_PAGES) {
-        this.leaves.delete(k);
-        if (k === this.lastKey) this.lastKey = -1;
-      } else leaf.fill(0, a, b);
+      // Leaves are kept once allocated (4 KiB per 2 MiB of address space mirrored): a range
+      // migrated back and forth would otherwise allocate a leaf per window per round.
+      leaf.fill(0, a, b);
     };
     if (k1 - k0 + 1 <= this.leaves.size) {
       for (let k = k0; k <= k1; k++) {
