@@ -13,6 +13,11 @@
  * - mprotect: ENOMEM and nothing changed if part of the range is unmapped;
  * - MADV_DONTNEED: private pages read as zeros afterwards, shared pages keep their bytes.
  *
+ * A tmpfs file of FILE_PAGES pages is part of every scenario: `mmapfile` maps it shared (entries
+ * point to the file's page map, as shared anon does) or private (entries view the file's page until
+ * written, then carry their own copy; MADV_DONTNEED drops the copy and shows the file again), and
+ * `pwrite`/`pread` change and check the file directly.
+ *
  * `HMMKIT_PROPERTY_EXCLUDE=shared,protnone` (comma-separated) narrows the generator, to look for
  * further bugs while known ones are open. Failing cases found so far are kept below as explicit
  * regression tests.
@@ -45,7 +50,17 @@ interface Entry {
   readonly prot: number;
   readonly shm?: { readonly obj: ShmObj; readonly idx: number };
   readonly data?: Uint8Array;
+  /** Private file page: the file page it shows until `data` (its own copy) exists. */
+  readonly file?: { readonly obj: ShmObj; readonly idx: number };
 }
+
+/** The bytes an entry shows (undefined: zeros). */
+function bytesOf(e: Entry): Uint8Array | undefined {
+  if (e.shm) return e.shm.obj.pages.get(e.shm.idx);
+  return e.data ?? (e.file ? e.file.obj.pages.get(e.file.idx) : undefined);
+}
+
+const FILE_PAGES = 1100;
 interface MTask {
   task: Task;
   pages: Map<number, Entry>;
@@ -60,7 +75,10 @@ export type Op =
   | { k: "read"; who: number; r: number; off: number; len: number }
   | { k: "write"; who: number; r: number; off: number; len: number; seed: number }
   | { k: "fork"; who: number }
-  | { k: "exit"; who: number };
+  | { k: "exit"; who: number }
+  | { k: "mmapfile"; who: number; pages: number; shared: boolean; prot: number }
+  | { k: "pwrite"; off: number; len: number; seed: number }
+  | { k: "pread"; off: number; len: number };
 
 export interface Scenario {
   thp: ThpMode;
@@ -114,6 +132,30 @@ const opArb: fc.Arbitrary<Op> = fc.oneof(
   },
   { weight: 2, arbitrary: fc.record({ k: fc.constant("fork" as const), who }) },
   { weight: 1, arbitrary: fc.record({ k: fc.constant("exit" as const), who }) },
+  {
+    weight: 2,
+    arbitrary: fc.record({
+      k: fc.constant("mmapfile" as const),
+      who,
+      pages: fc.oneof(fc.integer({ min: 1, max: 8 }), fc.integer({ min: 1, max: 8 }), fc.integer({ min: 1, max: FILE_PAGES })),
+      shared: fc.boolean(),
+      prot: fc.constantFrom(PROT_READ | PROT_WRITE, PROT_READ),
+    }),
+  },
+  // Mostly the file's first pages, which every file mapping covers.
+  {
+    weight: 2,
+    arbitrary: fc.record({
+      k: fc.constant("pwrite" as const),
+      off: fc.oneof(fc.nat(8 * PAGE), fc.nat(5_000_000)),
+      len: lenBytes,
+      seed: fc.nat(),
+    }),
+  },
+  {
+    weight: 1,
+    arbitrary: fc.record({ k: fc.constant("pread" as const), off: fc.oneof(fc.nat(8 * PAGE), fc.nat(5_000_000)), len: lenBytes }),
+  },
 );
 
 export const scenarioArb: fc.Arbitrary<Scenario> = fc.record({
@@ -146,6 +188,13 @@ export async function runScenario(sc: Scenario, stats?: Record<string, number>):
   };
   const m = Machine.create({ ramMiB: [sc.ramMiB], thp: sc.thp, seed: 1 });
   const base = leakBaseline(m);
+  const file = m.mm.shmemFileSetup(FILE_PAGES * PAGE);
+  const fobj: ShmObj = { pages: new Map() };
+  /** A byte range of the file: [start, length), clamped to its size. */
+  const fileRange = (off: number, len: number): [number, number] => {
+    const start = off % (FILE_PAGES * PAGE);
+    return [start, Math.min(len, FILE_PAGES * PAGE - start)];
+  };
   const live: MTask[] = [];
   const spawn = (): MTask => {
     const t: MTask = { task: m.mm.spawn(), pages: new Map(), regions: [] };
@@ -163,7 +212,7 @@ export async function runScenario(sc: Scenario, stats?: Record<string, number>):
     for (const [step, op] of [...sc.init.map((o) => ({ ...o, who: 0 })), ...sc.ops].entries()) {
       const ctx = `op ${step} ${JSON.stringify(op)}`;
       if (live.length === 0) spawn();
-      const t = live[op.who % live.length] as MTask;
+      const t = live[("who" in op ? op.who : 0) % live.length] as MTask;
       count(op.k);
       switch (op.k) {
         case "mmap": {
@@ -214,7 +263,8 @@ export async function runScenario(sc: Scenario, stats?: Record<string, number>):
           t.task.mm.madvise(r[0], r[1] - r[0], MADV_DONTNEED);
           for (let pn = r[0] / PAGE; pn < r[1] / PAGE; pn++) {
             const e = t.pages.get(pn) as Entry;
-            if (!e.shm) t.pages.set(pn, { prot: e.prot });
+            // A private page loses its own bytes: anon reads zeros, a file page shows the file again.
+            if (!e.shm) t.pages.set(pn, e.file ? { prot: e.prot, file: e.file } : { prot: e.prot });
           }
           break;
         }
@@ -241,7 +291,7 @@ export async function runScenario(sc: Scenario, stats?: Record<string, number>):
             const po = a % PAGE;
             const n = Math.min(PAGE - po, len - i);
             const e = t.pages.get(pn) as Entry;
-            const src = e.shm ? e.shm.obj.pages.get(e.shm.idx) : e.data;
+            const src = bytesOf(e);
             for (let j = 0; j < n; j++) {
               const want = src ? (src[po + j] as number) : 0;
               if (got[i + j] !== want) fail(`${ctx}: byte at 0x${(a + j).toString(16)} is ${got[i + j]}, model says ${want}`);
@@ -272,11 +322,11 @@ export async function runScenario(sc: Scenario, stats?: Record<string, number>):
             const po = a % PAGE;
             const n = Math.min(PAGE - po, end - a);
             const e = t.pages.get(pn) as Entry;
-            const old = e.shm ? e.shm.obj.pages.get(e.shm.idx) : e.data;
+            const old = bytesOf(e);
             const nb = old ? old.slice() : new Uint8Array(PAGE);
             nb.set(data.subarray(a - va, a - va + n), po);
             if (e.shm) e.shm.obj.pages.set(e.shm.idx, nb);
-            else t.pages.set(pn, { prot: e.prot, data: nb });
+            else t.pages.set(pn, e.file ? { prot: e.prot, data: nb, file: e.file } : { prot: e.prot, data: nb });
             a += n;
           }
           break;
@@ -292,6 +342,43 @@ export async function runScenario(sc: Scenario, stats?: Record<string, number>):
           live.splice(live.indexOf(t), 1);
           break;
         }
+        case "mmapfile": {
+          const len = op.pages * PAGE;
+          const va = t.task.mm.mmap(0, len, op.prot, op.shared ? MAP_SHARED : MAP_PRIVATE, file);
+          for (let i = 0; i < op.pages; i++) {
+            const pn = va / PAGE + i;
+            if (t.pages.has(pn)) fail(`${ctx}: mmap returned 0x${va.toString(16)}, overlapping a live mapping`);
+            t.pages.set(pn, op.shared ? { prot: op.prot, shm: { obj: fobj, idx: i } } : { prot: op.prot, file: { obj: fobj, idx: i } });
+          }
+          t.regions.push([va, va + len]);
+          break;
+        }
+        case "pwrite": {
+          const [start, n] = fileRange(op.off, op.len);
+          const data = bytesFor(op.seed, n);
+          if (file.pwrite(data, start) !== n) fail(`${ctx}: short pwrite`);
+          for (let a = start; a < start + n; ) {
+            const idx = Math.floor(a / PAGE);
+            const po = a % PAGE;
+            const k = Math.min(PAGE - po, start + n - a);
+            const nb = (fobj.pages.get(idx) ?? new Uint8Array(PAGE)).slice();
+            nb.set(data.subarray(a - start, a - start + k), po);
+            fobj.pages.set(idx, nb);
+            a += k;
+          }
+          break;
+        }
+        case "pread": {
+          const [start, n] = fileRange(op.off, op.len);
+          const got = new Uint8Array(n);
+          if (file.pread(got, start) !== n) fail(`${ctx}: short pread`);
+          for (let i = 0; i < n; i++) {
+            const a = start + i;
+            const want = fobj.pages.get(Math.floor(a / PAGE))?.[a % PAGE] ?? 0;
+            if (got[i] !== want) fail(`${ctx}: file byte ${a} is ${got[i]}, model says ${want}`);
+          }
+          break;
+        }
       }
       if (m.vmstat.c.nr_free_pages !== m.alloc.nrFreePages) fail(`${ctx}: vmstat nr_free_pages drifted from the zones`);
     }
@@ -300,7 +387,7 @@ export async function runScenario(sc: Scenario, stats?: Record<string, number>):
       for (const [pn, e] of t.pages) {
         if (!(e.prot & PROT_READ)) continue;
         const got = await m.mm.read(t.task, pn * PAGE, PAGE);
-        const src = e.shm ? e.shm.obj.pages.get(e.shm.idx) : e.data;
+        const src = bytesOf(e);
         for (let j = 0; j < PAGE; j++) {
           const want = src ? (src[j] as number) : 0;
           if (got[j] !== want) fail(`final sweep pid ${t.task.pid}: byte at 0x${(pn * PAGE + j).toString(16)} is ${got[j]}, model ${want}`);
@@ -313,6 +400,7 @@ export async function runScenario(sc: Scenario, stats?: Record<string, number>):
       stats.sweptPages = (stats.sweptPages ?? 0) + live.reduce((n, t) => n + t.pages.size, 0);
     }
     for (const t of [...live]) m.mm.exit(t.task);
+    file.close();
     const leaks = findLeaks(base);
     if (leaks.length > 0) fail(`after every task exited: ${leaks.join("; ")}`);
   } finally {
@@ -321,7 +409,7 @@ export async function runScenario(sc: Scenario, stats?: Record<string, number>):
 }
 
 describe("mm vs shadow model (fast-check)", () => {
-  it("random mmap/munmap/mprotect/madvise/read/write/fork/exit sequences match the model byte for byte and leak nothing", async () => {
+  it("random mmap/munmap/mprotect/madvise/read/write/fork/exit sequences, with a tmpfs file mapped shared and private, match the model byte for byte and leak nothing", async () => {
     await fc.assert(
       fc.asyncProperty(scenarioArb, (sc) => runScenario(sc)),
       {
@@ -363,6 +451,28 @@ describe("mm vs shadow model: regression scenarios", () => {
         { k: "read", who: 1, r: 0, off: 0, len: 2 * PAGE },
         { k: "write", who: 1, r: 0, off: 4096, len: 10, seed: 1 },
         { k: "exit", who: 1 },
+      ],
+    });
+  });
+
+  it("a first write to a private file page copies the file's bytes; DONTNEED shows the file again (fault.ts privateFileFault)", async () => {
+    await runScenario({
+      thp: "never",
+      ramMiB: 48,
+      init: [{ k: "mmap", who: 0, pages: 1, shared: false, huge: false, prot: rw }],
+      ops: [
+        { k: "pwrite", off: 0, len: 3 * PAGE, seed: 11 },
+        { k: "mmapfile", who: 0, pages: 3, shared: false, prot: rw },
+        { k: "write", who: 0, r: 1, off: 10, len: 20, seed: 12 },
+        { k: "read", who: 0, r: 1, off: 0, len: 3 * PAGE },
+        { k: "fork", who: 0 },
+        { k: "pwrite", off: PAGE + 5, len: 100, seed: 13 },
+        { k: "read", who: 1, r: 1, off: 0, len: 3 * PAGE },
+        { k: "dontneed", who: 0, r: 1, off: 0, len: 3 },
+        { k: "read", who: 0, r: 1, off: 0, len: 3 * PAGE },
+        { k: "mmapfile", who: 1, pages: 2, shared: true, prot: rw },
+        { k: "write", who: 1, r: 2, off: 4000, len: 200, seed: 14 },
+        { k: "pread", off: 3990, len: 300 },
       ],
     });
   });
