@@ -10,9 +10,10 @@
  *
  * The to-device half is the migration of MIGRATE_TO_DEV without its verification bounce read
  * (`DmirrorFile.migrateRangeToDevice`); the to-system half is the MIGRATE_TO_SYS command. Each
- * direction's GiB/s is reported too. Five round trips after one warm-up, each paired with a memcpy
- * timed right before it; the ratio is the median of the five paired ratios (and the GiB/s the
- * medians), so a slow or fast phase of a shared host moves numerator and denominator together.
+ * direction's GiB/s is reported too. Seven round trips after two warm-up ones (the JIT settles over
+ * the first rounds), each paired with a memcpy timed right before it; the ratio is the median of
+ * the seven paired ratios (and the GiB/s the medians), so a slow or fast phase of a shared host
+ * moves numerator and denominator together.
  *
  * @see tools/testing/selftests/mm/hmm-tests.c (benchmark_thp_migration)
  */
@@ -24,7 +25,8 @@ import { DmirrorModule, HMM_DMIRROR_MIGRATE_TO_SYS, type HmmDmirrorCmd } from ".
 const GIB = 1024 * 1024 * 1024;
 const BYTES = Number(process.env.HMMKIT_BENCH_MIGRATE_BYTES ?? GIB);
 const NPAGES = BYTES / PAGE_SIZE;
-const ROUNDS = 5;
+const ROUNDS = 7;
+const WARMUP = 2;
 
 /**
  * Two flat buffers of `bytes` for the memcpy baseline, touched before any timing.
@@ -65,7 +67,7 @@ function median(xs: number[]): number {
 }
 
 /**
- * Migrate the range to the device and back ROUNDS + 1 times (the first is a warm-up), timing the
+ * Migrate the range to the device and back WARMUP + ROUNDS times (the warm-up rounds untimed), timing the
  * memcpy baseline (per page for 4 KiB, in one call for THP) right before each round, so that each
  * round's ratio compares two measurements of the same state of the machine (a shared host's
  * memory bandwidth drifts over seconds). Returns the medians over the timed rounds.
@@ -88,7 +90,7 @@ async function migrateRoundTrips(thp: boolean): Promise<RoundTrip> {
   const ratios: number[] = [];
   const toDevs: number[] = [];
   const toSyss: number[] = [];
-  for (let r = 0; r < ROUNDS + 1; r++) {
+  for (let r = 0; r < WARMUP + ROUNDS; r++) {
     const mc = memcpyOnce(flat.src, flat.dst, !thp);
     const t0 = process.hrtime.bigint();
     const a = fd.migrateRangeToDevice(va, NPAGES);
@@ -101,7 +103,7 @@ async function migrateRoundTrips(thp: boolean): Promise<RoundTrip> {
     const want = thp ? NPAGES / 512 : NPAGES;
     if (cmd.cpages !== want) throw new Error(`MIGRATE_TO_SYS moved ${cmd.cpages} entries, expected ${want}`);
     if (t.mm.rssDevice !== 0) throw new Error("pages left on the device");
-    if (r === 0) continue;
+    if (r < WARMUP) continue;
     ratios.push((2 * mc) / (toDev + toSys));
     toDevs.push(toDev);
     toSyss.push(toSys);
