@@ -234,20 +234,33 @@ export class FaultHandler {
       mm.pt.setPte(addr, mkPte(pfn, false) + PTE.YOUNG);
       return 0;
     }
-    core.refs.getPage(pfn);
-    const np = core.allocUserPage(false);
-    if (np < 0) {
-      core.refs.putPage(pfn);
-      return VM_FAULT.OOM;
-    }
-    core.contents.copyPages(np, pfn, 1);
-    core.refs.putPage(pfn);
-    core.rmap.addNewAnon(np, vma.mapping, index, false);
-    core.vmstat.c.nr_anon_pages++;
-    core.lru.add(np);
+    const np = this.newAnonCopy(vma, addr, pfn);
+    if (np < 0) return VM_FAULT.OOM;
     mm.pt.setPte(addr, mkPte(np, true) + PTE.DIRTY + PTE.YOUNG);
     mm.rssAnon++;
     return 0;
+  }
+
+  /**
+   * A new anonymous page for `addr` of `vma` holding a copy of `src` (zeros for -1), on the LRU and
+   * in the VMA's anon_vma, not yet mapped. `src` is held across the allocation, so direct reclaim
+   * inside it cannot take it.
+   * @returns the pfn, or -1 when no page could be allocated.
+   * @see wp_page_copy, do_cow_fault
+   */
+  private newAnonCopy(vma: Vma, addr: number, src: number): number {
+    const core = this.core;
+    if (src >= 0) core.refs.getPage(src);
+    const np = core.allocUserPage(src < 0);
+    if (src >= 0) {
+      if (np >= 0) core.contents.copyPages(np, src, 1);
+      core.refs.putPage(src);
+    }
+    if (np < 0) return -1;
+    core.rmap.addNewAnon(np, vma.mapping, vma.pageIndex(addr), false);
+    core.vmstat.c.nr_anon_pages++;
+    core.lru.add(np);
+    return np;
   }
 
   private doWpPage(mm: Mm, vma: Vma, va: number, e: number): number {
@@ -266,20 +279,8 @@ export class FaultHandler {
         return 0;
       }
     }
-    // Hold the source while allocating: direct reclaim inside the allocation must not take it.
-    if (!isZero) core.refs.getPage(pfn);
-    const np = core.allocUserPage(isZero);
-    if (np < 0) {
-      if (!isZero) core.refs.putPage(pfn);
-      return VM_FAULT.OOM;
-    }
-    if (!isZero) {
-      core.contents.copyPages(np, pfn, 1);
-      core.refs.putPage(pfn);
-    }
-    core.rmap.addNewAnon(np, vma.mapping, vma.pageIndex(addr), false);
-    core.vmstat.c.nr_anon_pages++;
-    core.lru.add(np);
+    const np = this.newAnonCopy(vma, addr, isZero ? -1 : pfn);
+    if (np < 0) return VM_FAULT.OOM;
     mmuNotifyRange(mm, addr, addr + PAGE_SIZE, MMU_NOTIFY.CLEAR);
     mm.pt.setPte(addr, mkPte(np, true) + PTE.DIRTY + PTE.YOUNG);
     if (!isZero) {

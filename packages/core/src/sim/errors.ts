@@ -49,6 +49,7 @@ export type Errno = keyof typeof ERRNO;
 /**
  * The errno name of a negative (or positive) errno number.
  * @param errno - e.g. -22. @returns e.g. `"EINVAL"`; `"EINVAL"` for a number with no name here.
+ * @see errname (lib/errname.c)
  */
 export function errnoName(errno: number): Errno {
   const n = Math.abs(errno);
