@@ -281,9 +281,15 @@ export class Memremap {
     const n = 1 << order;
     if (head % n !== 0 || head + n > pg.endPfn) einval("pfn", `aligned to ${n} pages inside the pgmap, got ${head}`);
     const ps = this.pages;
-    for (let p = head; p < head + n; p++) {
-      if ((ps.refcount[p] as number) !== 0 || (ps.flags[p] as number) & (PG.locked | PG.head | PG.tail)) {
-        throw new BugError("zone-device-init-busy", `zone_device_page_init on pfn ${p}, which is in use (refcount ${ps.refcount[p]})`);
+    const refcount = ps.refcount;
+    const flags = ps.flags;
+    let busy = 0;
+    for (let p = head; p < head + n; p++) busy |= (refcount[p] as number) | ((flags[p] as number) & (PG.locked | PG.head | PG.tail));
+    if (busy !== 0) {
+      for (let p = head; p < head + n; p++) {
+        if ((ps.refcount[p] as number) !== 0 || (ps.flags[p] as number) & (PG.locked | PG.head | PG.tail)) {
+          throw new BugError("zone-device-init-busy", `zone_device_page_init on pfn ${p}, which is in use (refcount ${ps.refcount[p]})`);
+        }
       }
     }
     if (n === 1) {
@@ -317,9 +323,14 @@ export class Memremap {
     const order = f & PG.head ? (ps.order[head] as number) : 0;
     const n = 1 << order;
     if (f & PG.locked) throw new BugError("free-locked-page", `device pfn ${head} freed while locked`);
-    for (let p = head; p < head + n; p++) {
-      if ((ps.mapcount[p] as number) !== 0)
-        throw new BugError("bad-page", `device pfn ${p} freed while mapped (mapcount ${ps.mapcount[p]})`);
+    const mapcount = ps.mapcount;
+    let mapped = 0;
+    for (let p = head; p < head + n; p++) mapped |= mapcount[p] as number;
+    if (mapped !== 0) {
+      for (let p = head; p < head + n; p++) {
+        if ((ps.mapcount[p] as number) !== 0)
+          throw new BugError("bad-page", `device pfn ${p} freed while mapped (mapcount ${ps.mapcount[p]})`);
+      }
     }
     if (n === 1) {
       ps.mapping[head] = 0;

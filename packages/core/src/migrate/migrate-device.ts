@@ -231,6 +231,10 @@ export class MigrateDevice {
 
   /**
    * Commit the migration of every entry that has a destination (step 3 of 3, first half).
+   * A COMPOUND source entry with a COMPOUND destination moves the whole folio; with a base-page
+   * destination the source folio is split and each of the 512 `dst` entries is used. A `dst`
+   * entry whose `src` entry is 0 (such as a tail entry of a COMPOUND one) migrates nothing, and
+   * finalize unlocks and puts it, as the kernel does.
    * @param args - the migration, after setup and after the caller filled `dst`.
    * @throws HmmError EINVAL `args.dst[i]` if a destination is not a locked, referenced page (or a
    *   COMPOUND destination is not an order-9 folio head); nothing is changed when it throws.
@@ -916,6 +920,15 @@ export class MigrateDevice {
           }
         }
         const extra = page === fp ? 1 : 0;
+        if (nr === 1 && (src[i] as number) & (dst[i] as number) & MIGRATE_PFN.COMPOUND) {
+          // Folio to folio: the entries behind it have src 0, and such an entry migrates nothing
+          // (finalize releases whatever dst holds there), so step over them.
+          if (hasF(src[i] as number, MIGRATE_PFN.MIGRATE) && !this.migrateMapping(newpage, page, extra)) {
+            src[i] = clrF(src[i] as number, MIGRATE_PFN.MIGRATE);
+          }
+          i += ps.folioNrPages(page);
+          continue;
+        }
         for (let j = 0; j < nr && i + j < npages; j++) {
           if (!hasF(src[i + j] as number, MIGRATE_PFN.MIGRATE)) continue;
           const s = migratePfnToPfn(src[i + j] as number);

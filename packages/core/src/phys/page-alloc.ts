@@ -280,16 +280,16 @@ export class PageAllocator {
     // free that follows a refcount drop to zero (`fromPut`) cannot be a double free — a free page
     // has refcount 0 and its put would have underflowed — so it skips the lookup.
     if (!fromPut && this.freeBlockOf(pfn) >= 0) throw new BugError("double-free", `pfn ${pfn} freed twice`);
+    // One pass that ORs together everything that must be zero; the page at fault is looked for
+    // only when something is set.
+    const flags = ps.flags;
+    const mapcount = ps.mapcount;
+    const refcount = ps.refcount;
+    let bad = 0;
     for (let p = pfn; p < pfn + n; p++) {
-      const f = ps.flags[p] as number;
-      if (f & PG.buddy) throw new BugError("double-free", `pfn ${p} freed twice`);
-      if (f & (PG.locked | PG.lru | PG.reserved) || (ps.mapcount[p] as number) !== 0 || (ps.refcount[p] as number) !== 0) {
-        throw new BugError(
-          "bad-page",
-          `freeing pfn ${p} in a bad state: flags=0x${f.toString(16)} refcount=${ps.refcount[p]} mapcount=${ps.mapcount[p]}`,
-        );
-      }
+      bad |= ((flags[p] as number) & (PG.buddy | PG.locked | PG.lru | PG.reserved)) | (mapcount[p] as number) | (refcount[p] as number);
     }
+    if (bad !== 0) this.badFree(pfn, n);
     if (n === 1) {
       ps.flags[pfn] = 0;
       ps.order[pfn] = 0;
@@ -325,6 +325,22 @@ export class PageAllocator {
       o++;
     }
     this.pushFree(z, head, o);
+  }
+
+  /** Report the first page of a block being freed that is in use or already free. @see bad_page */
+  private badFree(pfn: number, n: number): never {
+    const ps = this.pages;
+    for (let p = pfn; p < pfn + n; p++) {
+      const f = ps.flags[p] as number;
+      if (f & PG.buddy) throw new BugError("double-free", `pfn ${p} freed twice`);
+      if (f & (PG.locked | PG.lru | PG.reserved) || (ps.mapcount[p] as number) !== 0 || (ps.refcount[p] as number) !== 0) {
+        throw new BugError(
+          "bad-page",
+          `freeing pfn ${p} in a bad state: flags=0x${f.toString(16)} refcount=${ps.refcount[p]} mapcount=${ps.mapcount[p]}`,
+        );
+      }
+    }
+    throw new BugError("bad-page", `freeing pfn ${pfn}: a page of the block changed while it was checked`);
   }
 
   /**

@@ -620,13 +620,10 @@ export class DmirrorDevice {
     const n = 1 << order;
     const free = n === 1 ? (c.allocated[off] === 0 ? 0 : -1) : c.allocated.subarray(off, off + n).indexOf(0);
     if (free >= 0) throw new BugError("dmirror-double-free", `hmm_dmirror${this.id}: folio_free of free pfn ${head + free}`);
-    if (n === 1) {
-      c.allocated[off] = 0;
-      c.zoneDeviceData[off] = undefined;
-    } else {
-      c.allocated.fill(0, off, off + n);
-      c.zoneDeviceData.fill(undefined, off, off + n);
-    }
+    // A folio's driver data is on its head (devmemFolioSplit hands it to the tails on a split).
+    c.zoneDeviceData[off] = undefined;
+    if (n === 1) c.allocated[off] = 0;
+    else c.allocated.fill(0, off, off + n);
     if (c.remove) return;
     this.cfree += n;
     if (order > 0) this.freeFolios.push(head);
@@ -1209,6 +1206,7 @@ export class DmirrorFile implements MmapFile {
       const nr = hasF(d, MIGRATE_PFN.COMPOUND) ? this.m.pages.folioNrPages(dpage) : 1;
       const tag = hasF(d, MIGRATE_PFN.WRITE) ? DPT_XA_TAG_WRITE : DPT_XA_TAG_READ;
       this.pt.storeRange(u0 + i, dpage, nr, tag);
+      i += nr - 1;
     }
   }
 
@@ -1410,6 +1408,7 @@ export class DmirrorFile implements MmapFile {
       for (let i = 0; i < args.npages; i++) {
         const s = args.src[i] as number;
         if (hasF(s, MIGRATE_PFN.VALID) && hasF(s, MIGRATE_PFN.MIGRATE)) cmd.cpages++;
+        if (hasF(s, MIGRATE_PFN.COMPOUND)) i += HPAGE_PMD_NR - 1; // a folio's entry; its tails are zero
       }
       m.migrate.migrateVmaFinalize(args);
     }

@@ -73,6 +73,27 @@ function tinyDriver(m: Machine) {
   };
 }
 
+/** A THP-backed 2 MiB anonymous mapping with `bytes` written at page `page`, and the migrate_vma arguments that select it. */
+async function thpToMigrate(m: Machine, owner: object, page: number, bytes: number[]) {
+  const t = m.mm.spawn();
+  const va = t.mm.mmap(0, 2 << 20, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS);
+  t.mm.madvise(va, 2 << 20, MADV_HUGEPAGE);
+  await m.mm.write(t, va + 4096 * page, new Uint8Array(bytes));
+  const args: MigrateVma = {
+    mm: t.mm,
+    vma: t.mm.findVma(va)!,
+    start: va,
+    end: va + (2 << 20),
+    src: new Float64Array(512),
+    dst: new Float64Array(512),
+    pgmapOwner: owner,
+    flags: MIGRATE_VMA_SELECT.SYSTEM | MIGRATE_VMA_SELECT.COMPOUND,
+    cpages: 0,
+    npages: 0,
+  };
+  return { t, va, args };
+}
+
 describe("migrate_vma smoke", () => {
   it("system -> device -> CPU fault back, data intact, device pages freed", async () => {
     const m = Machine.create({ ramMiB: [64] });
@@ -158,24 +179,8 @@ describe("migrate_vma smoke", () => {
   it("THP migrates as one compound entry", async () => {
     const m = Machine.create({ ramMiB: [64] });
     const drv = tinyDriver(m);
-    const t = m.mm.spawn();
-    const va = t.mm.mmap(0, 2 << 20, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS);
-    t.mm.madvise(va, 2 << 20, MADV_HUGEPAGE);
-    await m.mm.write(t, va + 4096 * 3, new Uint8Array([42]));
+    const { t, va, args } = await thpToMigrate(m, drv.owner, 3, [42]);
     expect(m.vmstat.c.thp_fault_alloc).toBe(1);
-    const vma = t.mm.findVma(va)!;
-    const args: MigrateVma = {
-      mm: t.mm,
-      vma,
-      start: va,
-      end: va + (2 << 20),
-      src: new Float64Array(512),
-      dst: new Float64Array(512),
-      pgmapOwner: drv.owner,
-      flags: MIGRATE_VMA_SELECT.SYSTEM | MIGRATE_VMA_SELECT.COMPOUND,
-      cpages: 0,
-      npages: 0,
-    };
     m.migrate.migrateVmaSetup(args);
     expect(args.cpages).toBe(1);
     expect(((args.src[0] as number) % 64) & MIGRATE_PFN.COMPOUND).toBe(MIGRATE_PFN.COMPOUND);
@@ -193,6 +198,38 @@ describe("migrate_vma smoke", () => {
     expect((await m.mm.read(t, va + 4096 * 3, 1))[0]).toBe(42);
     m.mm.exit(t);
     expect(drv.free.length).toBe(2048);
+    m.dispose();
+  });
+
+  it("a dst entry behind a COMPOUND one migrates nothing and finalize releases it (unlocked: EINVAL)", async () => {
+    const m = Machine.create({ ramMiB: [64] });
+    const drv = tinyDriver(m);
+    const { t, va, args } = await thpToMigrate(m, drv.owner, 7, [7, 8]);
+    m.migrate.migrateVmaSetup(args);
+    expect(args.src[5]).toBe(0);
+    const s = migratePfnToPfn(args.src[0] as number);
+    const head = drv.pg.startPfn; // 512-aligned: the pgmap's first folio
+    drv.free.splice(drv.free.indexOf(head + 511), 512);
+    m.memremap.zoneDeviceFolioInit(head, 9);
+    m.contents.copyPages(head, s, 512);
+    args.dst[0] = migratePfn(head) + MIGRATE_PFN.COMPOUND;
+    // An entry behind the COMPOUND one that is not a locked page is refused, and nothing changes.
+    args.dst[5] = migratePfn(drv.pg.startPfn + 600);
+    expect(() => m.migrate.migrateVmaPages(args)).toThrow(/args\.dst\[5\]/);
+    expect(args.src[0]).toBe(migratePfn(s) + MIGRATE_PFN.MIGRATE + MIGRATE_PFN.WRITE + MIGRATE_PFN.COMPOUND);
+    // A locked one migrates nothing; finalize unlocks and puts it, so the driver gets it back.
+    const extra = drv.alloc();
+    args.dst[5] = migratePfn(extra);
+    const frees = drv.frees;
+    m.migrate.migrateVmaPages(args);
+    m.migrate.migrateVmaFinalize(args);
+    expect(drv.frees).toBe(frees + 1);
+    expect(m.pages.refcount[extra]).toBe(0);
+    expect(m.vmstat.c.thp_migration_success).toBe(1);
+    expect(m.vmstat.c.pgmigrate_success).toBe(512);
+    expect(t.mm.rssDevice).toBe(512);
+    expect(Array.from(await m.mm.read(t, va + 4096 * 7, 2))).toEqual([7, 8]);
+    m.mm.exit(t);
     m.dispose();
   });
 });

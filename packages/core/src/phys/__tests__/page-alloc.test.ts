@@ -244,6 +244,25 @@ describe("buddy allocator", () => {
     expect(thrown(() => alloc.freePages(16384 + 5, 0))).toMatchObject({ check: "bad-page" });
   });
 
+  it("a bad tail page of a compound block is reported by pfn, and the free changes nothing", () => {
+    const { alloc, zone, ps } = mk();
+    const p = alloc.allocPages(9, GFP.COMP);
+    ps.refcount[p] = 0;
+    const before = nrFree(zone);
+    ps.mapcount[p + 300] = 1; // a subpage still mapped
+    const e = thrown(() => alloc.freePages(p, 9));
+    expect(e).toMatchObject({ check: "bad-page" });
+    expect((e as BugError).message).toContain(`pfn ${p + 300} `);
+    expect(nrFree(zone)).toEqual(before);
+    expect((ps.flags[p + 300] as number) & PG.tail).toBe(PG.tail); // not dissolved
+    ps.mapcount[p + 300] = 0;
+    ps.refcount[p + 511] = 2; // a reference taken on a tail
+    expect((thrown(() => alloc.freePages(p, 9)) as BugError).message).toContain(`pfn ${p + 511} `);
+    ps.refcount[p + 511] = 0;
+    alloc.freePages(p, 9);
+    expect(alloc.nrFreePages).toBe(16384);
+  });
+
   it("GFP.COMP makes a compound folio; free undoes it", () => {
     const { alloc, ps } = mk();
     const p = alloc.allocPages(3, GFP.COMP);
