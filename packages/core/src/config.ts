@@ -42,6 +42,9 @@ export interface MachineConfig {
   /** Size of the emulated swap device in MiB: 0 (no swap: anonymous pages are never reclaimed)
    *  or 1..65536. Default 0. @see swapon(8), /proc/swaps */
   swapMiB?: number;
+  /** HugeTLB pool pages (2 MiB each) allocated at boot: 0..1048576. Default 0. The pool may come
+   *  out smaller when RAM runs short. @see the `hugepages=` kernel parameter, /proc/sys/vm/nr_hugepages */
+  hugepages?: number;
 }
 
 /** A configuration with every default filled in. */
@@ -94,9 +97,13 @@ export function validateMachineConfig(cfg: MachineConfig): MachineConfigResolved
   const swapMiB = cfg.swapMiB ?? 0;
   if (!Number.isInteger(swapMiB) || swapMiB < 0 || swapMiB > 65536)
     einval("config.swapMiB", `an integer number of MiB in 0..65536, got ${swapMiB}`);
+  const hugepages = cfg.hugepages ?? 0;
+  if (!Number.isInteger(hugepages) || hugepages < 0 || hugepages > 1048576)
+    einval("config.hugepages", `an integer number of 2 MiB pages in 0..1048576, got ${hugepages}`);
   return {
     cmaMiB,
     swapMiB,
+    hugepages,
     seed,
     ramMiB: [...ramMiB],
     thp,

@@ -52,6 +52,7 @@ export { type DeviceExclusiveResult, makeDeviceExclusive } from "./mm/device-exc
 export { FAULT_FALLBACK, FaultHandler } from "./mm/fault";
 export { Forker } from "./mm/fork";
 export { HugeMemory } from "./mm/huge-memory";
+export { Hugetlb } from "./mm/hugetlb";
 export { Khugepaged } from "./mm/khugepaged";
 export { LRU_ACTIVE_ANON, LRU_INACTIVE_ANON, Lru, LruVec } from "./mm/lru";
 export { MMAP_BASE, MMAP_MIN_ADDR, Mm, TASK_SIZE } from "./mm/mm";
@@ -105,6 +106,7 @@ export {
   MADV_NOHUGEPAGE,
   MAP_ANONYMOUS,
   MAP_FIXED,
+  MAP_HUGETLB,
   MAP_PRIVATE,
   MAP_SHARED,
   type MmapFile,

@@ -10,7 +10,8 @@
  * - only reserved pages (the zero page, the huge zero page's head) hold references, and free
  *   ZONE_DEVICE pages are back at refcount 0;
  * - the allocator's free pages equal the baseline (minus the huge zero page, which the kernel keeps
- *   once it is allocated), and vmstat's nr_free_pages agrees with the zones;
+ *   once it is allocated, adjusted by HugeTLB pool resizes), and vmstat's nr_free_pages agrees with
+ *   the zones; every HugeTLB pool page is free and unreserved;
  * - nr_anon_pages and nr_anon_transparent_hugepages are back to 0, the LRU lists are empty;
  * - the clock has no pending event.
  *
@@ -28,6 +29,8 @@ export interface LeakBaseline {
   readonly freePages: number;
   /** Whether the huge zero page existed at baseline time. */
   readonly hugeZero: boolean;
+  /** HugeTLB pool size at baseline time (pool pages are not free pages). */
+  readonly hugepages: number;
 }
 
 /**
@@ -36,7 +39,7 @@ export interface LeakBaseline {
  * @returns the baseline.
  */
 export function leakBaseline(m: Machine): LeakBaseline {
-  return { machine: m, freePages: m.alloc.nrFreePages, hugeZero: m.mm.huge.hugeZeroPfn >= 0 };
+  return { machine: m, freePages: m.alloc.nrFreePages, hugeZero: m.mm.huge.hugeZeroPfn >= 0, hugepages: m.mm.hugetlb.nrHugepages };
 }
 
 /** A leak found by {@link findLeaks}: one line per problem, capped. */
@@ -67,7 +70,10 @@ export function findLeaks(base: LeakBaseline): string[] {
       }
     }
   }
-  const expectFree = base.freePages - (hz >= 0 && !base.hugeZero ? HPAGE_PMD_NR : 0);
+  const h = m.mm.hugetlb;
+  if (h.freeHugepages !== h.nrHugepages) push(`${h.nrHugepages - h.freeHugepages} HugeTLB page(s) still in use`);
+  if (h.resvHugepages !== 0) push(`${h.resvHugepages} HugeTLB page(s) still reserved`);
+  const expectFree = base.freePages - (hz >= 0 && !base.hugeZero ? HPAGE_PMD_NR : 0) + (base.hugepages - h.nrHugepages) * HPAGE_PMD_NR;
   if (m.alloc.nrFreePages !== expectFree) push(`free pages ${m.alloc.nrFreePages}, expected ${expectFree}`);
   if (m.vmstat.c.nr_free_pages !== m.alloc.nrFreePages)
     push(`vmstat nr_free_pages ${m.vmstat.c.nr_free_pages} != zones ${m.alloc.nrFreePages}`);

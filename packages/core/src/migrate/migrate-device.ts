@@ -178,7 +178,7 @@ export class MigrateDevice {
    * @param args - the migration; `src` is overwritten, `cpages`/`npages` are set.
    * @returns 0 (even when nothing could be collected).
    * @throws HmmError EINVAL naming the argument: `args.vma` (not a live VMA of `args.mm`, or
-   *   VM_IO/PFNMAP/MIXEDMAP), `args.start`/`args.end` (unaligned, empty, or outside the VMA),
+   *   VM_IO/PFNMAP/MIXEDMAP, or hugetlb), `args.start`/`args.end` (unaligned, empty, or outside the VMA),
    *   `args.src`/`args.dst` (not Float64Arrays of npages entries), `args.flags` (unknown bits),
    *   `args.faultPage` (not a locked device-private page). Nothing is changed when it throws.
    * @see migrate_vma_setup
@@ -198,7 +198,8 @@ export class MigrateDevice {
     const { mm, vma } = args;
     if (mm === undefined || mm.dead || mm.core !== core) einval("args.mm", "a live address space of this machine");
     if (vma === undefined || !mm.vmas.includes(vma)) einval("args.vma", "a live VMA of args.mm");
-    if (vma.flags & (VM.IO | VM.PFNMAP | VM.MIXEDMAP)) einval("args.vma", "a VMA without VM_IO/VM_PFNMAP/VM_MIXEDMAP");
+    if (vma.flags & (VM.IO | VM.PFNMAP | VM.MIXEDMAP | VM.HUGETLB))
+      einval("args.vma", "a VMA without VM_IO/VM_PFNMAP/VM_MIXEDMAP/VM_HUGETLB");
     const { start, end } = args;
     if (!Number.isInteger(start) || start % PAGE_SIZE !== 0) einval("args.start", `page aligned, got ${start}`);
     if (!Number.isInteger(end) || end % PAGE_SIZE !== 0) einval("args.end", `page aligned, got ${end}`);

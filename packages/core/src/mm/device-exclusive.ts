@@ -22,7 +22,7 @@ import { VM } from "./vma";
 
 /** The outcome of {@link makeDeviceExclusive}. */
 export interface DeviceExclusiveResult {
-  /** 0, or a negative errno: -EFAULT (no VMA / cannot fault), -EPERM (read-only VMA), -EOPNOTSUPP (not anonymous). */
+  /** 0, or a negative errno: -EFAULT (no VMA / cannot fault), -EPERM (read-only VMA), -EOPNOTSUPP (not anonymous, or hugetlb). */
   ret: number;
   /** The page now exclusive to the device (locked, referenced), or -1. */
   page: number;
@@ -45,7 +45,7 @@ export async function makeDeviceExclusive(mm: Mm, addr: number, owner: unknown):
     const vma = mm.findVma(addr);
     if (vma === undefined) return { ret: -ERRNO.EFAULT, page: -1 };
     if ((vma.flags & VM.WRITE) === 0) return { ret: -ERRNO.EPERM, page: -1 };
-    if (vma.shared) return { ret: -ERRNO.EOPNOTSUPP, page: -1 };
+    if (vma.shared || vma.flags & VM.HUGETLB) return { ret: -ERRNO.EOPNOTSUPP, page: -1 };
     const pmd = mm.pt.getPmd(addr);
     if (pmd !== 0 && isHuge(pmd)) {
       if (isPresent(pmd) && isWrite(pmd)) core.huge.splitHugePmd(mm, addr - (addr % PMD_SIZE));

@@ -104,6 +104,7 @@ export class FaultHandler {
     if (write ? (vma.flags & VM.WRITE) === 0 : (vma.flags & VM.READ) === 0) return VM_FAULT.SIGSEGV;
     core.vmstat.c.pgfault++;
     if (core.bus.wants("page_fault_user")) core.bus.emit("page_fault_user", { mm: mm.id, address: va, write });
+    if (vma.flags & VM.HUGETLB) return core.hugetlb.fault(mm, vma, va, write);
     const pt = mm.pt;
     const pmd = pt.getPmd(va);
     if (pmd === 0 && !vma.shared && core.huge.eligible(vma, va)) {
@@ -352,8 +353,16 @@ export class FaultHandler {
    * @see zap_page_range_single, unmap_page_range
    */
   zapRange(mm: Mm, vma: Vma, start: number, end: number): void {
-    this.core.thpRes.releaseRange(mm, start, end);
     const pt = mm.pt;
+    if (vma.flags & VM.HUGETLB) {
+      // Whole 2 MiB pages only: the callers keep hugetlb ranges aligned.
+      for (let va = start; va < end; va += PMD_SIZE) {
+        const pmd = pt.getPmd(va);
+        if (pmd !== 0) this.core.hugetlb.zapPmd(mm, va, pmd);
+      }
+      return;
+    }
+    this.core.thpRes.releaseRange(mm, start, end);
     let va = start;
     while (va < end) {
       const pmdEnd = Math.min(end, (Math.floor(va / PMD_SIZE) + 1) * PMD_SIZE);

@@ -54,7 +54,8 @@ export class Forker {
         continue;
       }
       mmuNotifyRange(parent, vma.start, vma.end, MMU_NOTIFY.PROTECTION_PAGE);
-      this.copyRange(parent, child, vma, cv);
+      if (vma.flags & VM.HUGETLB) core.hugetlb.copyRange(parent, child, vma, cv);
+      else this.copyRange(parent, child, vma, cv);
     }
     return child;
   }

@@ -48,7 +48,7 @@ export class HugeMemory {
    */
   eligible(vma: Vma, va: number): boolean {
     const mode = this.core.config.thp;
-    if (mode === "never" || vma.shared || vma.file !== undefined || vma.flags & VM.NOHUGEPAGE) return false;
+    if (mode === "never" || vma.shared || vma.file !== undefined || vma.flags & (VM.NOHUGEPAGE | VM.HUGETLB)) return false;
     if (mode === "madvise" && !(vma.flags & VM.HUGEPAGE)) return false;
     const haddr = va - (va % PMD_SIZE);
     return haddr >= vma.start && haddr + PMD_SIZE <= vma.end && vma.pageIndex(haddr) % HPAGE_PMD_NR === (haddr / PAGE_SIZE) % HPAGE_PMD_NR;

@@ -31,6 +31,7 @@ import { COMPACT, Compaction } from "./compaction";
 import { FaultHandler } from "./fault";
 import { Forker } from "./fork";
 import { HugeMemory } from "./huge-memory";
+import { Hugetlb } from "./hugetlb";
 import { Khugepaged } from "./khugepaged";
 import { Lru } from "./lru";
 import { Mm } from "./mm";
@@ -79,6 +80,8 @@ export class MmCore {
   readonly fault: FaultHandler;
   /** THP mechanisms. */
   readonly huge: HugeMemory;
+  /** The HugeTLB pool and hugetlb mappings. */
+  readonly hugetlb: Hugetlb;
   /** fork. */
   readonly forker: Forker;
   /** THP reservations (seed 002). */
@@ -132,6 +135,7 @@ export class MmCore {
     this.refs = new PageRefs(pages, alloc, this.lru, vmstat);
     this.fault = new FaultHandler(this);
     this.huge = new HugeMemory(this);
+    this.hugetlb = new Hugetlb(this);
     this.forker = new Forker(this);
     this.thpRes = new ThpReservations(this);
     this.khugepaged = new Khugepaged(this);
@@ -156,6 +160,7 @@ export class MmCore {
     this.pages.flags[pfn] = (this.pages.flags[pfn] as number) | PG.reserved;
     this.zeroPfn = pfn;
     this.refs.zoneDeviceFree = (head) => this.memremap.freeZoneDeviceFolio(head);
+    this.refs.hugetlbFree = (head) => this.hugetlb.freeFolio(head);
     this.shrinkers.push(() => this.thpRes.releaseAll() > 0);
     this.shrinkers.push(() => this.huge.deferredSplitScan() > 0);
     // Direct compaction for costly orders (__alloc_pages_direct_compact).
@@ -165,6 +170,7 @@ export class MmCore {
       return this.compaction.compactZone(zone, order).status === COMPACT.SUCCESS;
     });
     if (this.config.cmaMiB > 0) this.cma.reserve(this.config.cmaMiB * 256);
+    if (this.config.hugepages > 0) this.hugetlb.setNrHugepages(this.config.hugepages);
     if (this.config.swapMiB > 0) {
       // swapon: swap entries now resolve through the swap layer; reclaim can swap anon pages out.
       this.swap.swapon(this.config.swapMiB * SWAP_SLOTS_PER_MIB);

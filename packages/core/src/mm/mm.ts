@@ -33,6 +33,7 @@ import {
   MADV_NOHUGEPAGE,
   MAP_ANONYMOUS,
   MAP_FIXED,
+  MAP_HUGETLB,
   MAP_PRIVATE,
   MAP_SHARED,
   type MmapFile,
@@ -71,6 +72,8 @@ export class Mm {
   rssDevice = 0;
   /** Pages a driver inserted into a private driver mapping, still mapped. @see MM_FILEPAGES */
   rssFile = 0;
+  /** HugeTLB pages mapped, in base pages (not part of RSS). @see mm->hugetlb_usage (HugetlbPages) */
+  hugetlbUsage = 0;
   /** Users (tasks) of this mm. @see mm_users */
   users = 1;
 
@@ -114,13 +117,15 @@ export class Mm {
    * @param length - bytes, > 0 (rounded up to pages).
    * @param prot - PROT_READ | PROT_WRITE | PROT_EXEC, or PROT_NONE.
    * @param flags - MAP_ANONYMOUS with MAP_PRIVATE or MAP_SHARED, optionally MAP_FIXED; with a
-   *   `file`, MAP_PRIVATE without MAP_ANONYMOUS.
+   *   `file`, MAP_PRIVATE without MAP_ANONYMOUS. MAP_PRIVATE | MAP_ANONYMOUS | MAP_HUGETLB maps
+   *   2 MiB HugeTLB pages (length rounded up to 2 MiB, pool pages reserved now; see hugetlb.ts).
    * @param file - a driver file whose `mmap` populates the VMA (see {@link MmapFile}).
    * @returns the mapped address.
    * @throws HmmError EINVAL for a zero length, unaligned MAP_FIXED address, both or neither of
    *   MAP_PRIVATE/MAP_SHARED, MAP_ANONYMOUS without a file or not MAP_ANONYMOUS with one, a shared
-   *   file mapping or unknown bits; ENOMEM when no gap fits; the errno the file's `mmap` returns
-   *   (the range is unmapped again).
+   *   file mapping or unknown bits, MAP_HUGETLB with MAP_SHARED or a file, or with a MAP_FIXED
+   *   address not 2 MiB aligned; ENOMEM when no gap fits or the HugeTLB pool cannot reserve the
+   *   pages; the errno the file's `mmap` returns (the range is unmapped again).
    * @see do_mmap, mmap_region, mmap(2)
    */
   mmap(addr: number, length: number, prot: number, flags: number, file?: MmapFile): number {
@@ -128,21 +133,32 @@ export class Mm {
     if (file !== undefined && (file === null || typeof file.mmap !== "function")) einval("file", "an object with an mmap(mm, vma) method");
     if (!Number.isInteger(length) || length <= 0) einval("length", `a positive byte count, got ${length}`);
     if (!Number.isInteger(prot) || (prot & ~(PROT_READ | PROT_WRITE | PROT_EXEC)) !== 0) einval("prot", `PROT_* bits, got ${prot}`);
-    if (!Number.isInteger(flags) || (flags & ~(MAP_SHARED | MAP_PRIVATE | MAP_FIXED | MAP_ANONYMOUS)) !== 0) {
-      einval("flags", `MAP_SHARED|MAP_PRIVATE|MAP_FIXED|MAP_ANONYMOUS bits, got 0x${Number(flags).toString(16)}`);
+    if (!Number.isInteger(flags) || (flags & ~(MAP_SHARED | MAP_PRIVATE | MAP_FIXED | MAP_ANONYMOUS | MAP_HUGETLB)) !== 0) {
+      einval("flags", `MAP_SHARED|MAP_PRIVATE|MAP_FIXED|MAP_ANONYMOUS|MAP_HUGETLB bits, got 0x${Number(flags).toString(16)}`);
     }
     if (file === undefined && !(flags & MAP_ANONYMOUS)) einval("flags", "MAP_ANONYMOUS (a file mapping needs the `file` argument)");
     if (file !== undefined && flags & MAP_ANONYMOUS) einval("flags", "no MAP_ANONYMOUS with a file");
     const shared = (flags & MAP_SHARED) !== 0;
     if (shared === ((flags & MAP_PRIVATE) !== 0)) einval("flags", "exactly one of MAP_SHARED and MAP_PRIVATE");
     if (file !== undefined && shared && file.shmem === undefined) einval("flags", "MAP_PRIVATE (shared driver mappings are not modelled)");
-    const len = Math.ceil(length / PAGE_SIZE) * PAGE_SIZE;
+    const hugetlb = (flags & MAP_HUGETLB) !== 0;
+    if (hugetlb && (shared || file !== undefined))
+      einval("flags", "MAP_HUGETLB with MAP_PRIVATE|MAP_ANONYMOUS (shared hugetlb is not modelled)");
+    const unit = hugetlb ? PMD_SIZE : PAGE_SIZE;
+    const len = Math.ceil(length / unit) * unit;
+    if (hugetlb && !this.core.hugetlb.canReserve(len / PMD_SIZE)) {
+      throw new HmmError("ENOMEM", `the HugeTLB pool cannot reserve ${len / PMD_SIZE} huge pages`, "length");
+    }
     let start: number;
     if (flags & MAP_FIXED) {
-      if (!Number.isInteger(addr) || addr % PAGE_SIZE !== 0 || addr < MMAP_MIN_ADDR || addr + len > TASK_SIZE) {
-        einval("addr", `a page-aligned address in [0x${MMAP_MIN_ADDR.toString(16)}, TASK_SIZE) with MAP_FIXED, got ${addr}`);
+      if (!Number.isInteger(addr) || addr % unit !== 0 || addr < MMAP_MIN_ADDR || addr + len > TASK_SIZE) {
+        einval(
+          "addr",
+          `a ${hugetlb ? "2 MiB" : "page"}-aligned address in [0x${MMAP_MIN_ADDR.toString(16)}, TASK_SIZE) with MAP_FIXED, got ${addr}`,
+        );
       }
       start = addr;
+      this.checkHugetlbEdges(start, start + len);
       this.munmapRange(start, start + len);
     } else {
       start = this.unmappedArea(len, len >= PMD_SIZE ? PMD_SIZE : PAGE_SIZE);
@@ -154,8 +170,9 @@ export class Mm {
     if (shared) core.shmemVmaRef(obj.id, +1);
     // vm_pgoff: the file offset (0) for file and shmem mappings, the linear page index for anon.
     const pgoff = shared || file !== undefined ? 0 : start / PAGE_SIZE;
-    const vma = new Vma(start, start + len, protToVm(prot) | (shared ? VM.SHARED : 0), obj.id, pgoff);
+    const vma = new Vma(start, start + len, protToVm(prot) | (shared ? VM.SHARED : 0) | (hugetlb ? VM.HUGETLB : 0), obj.id, pgoff);
     vma.file = file;
+    if (hugetlb) core.hugetlb.reserve(vma);
     this.insertVma(vma);
     if (file !== undefined) {
       const r = file.mmap(this, vma);
@@ -203,19 +220,23 @@ export class Mm {
   /**
    * Unmap `[addr, addr + length)`; unmapped holes inside are fine.
    * @param addr - page aligned. @param length - bytes, > 0.
-   * @throws HmmError EINVAL for an unaligned address or non-positive length.
+   * @throws HmmError EINVAL for an unaligned address or non-positive length, or a range that would
+   *   split a hugetlb mapping off a 2 MiB boundary.
    * @see do_munmap, munmap(2)
    */
   munmap(addr: number, length: number): void {
     this.checkAlive();
     this.checkRange(addr, length);
-    this.munmapRange(addr, addr + Math.ceil(length / PAGE_SIZE) * PAGE_SIZE);
+    const end = addr + Math.ceil(length / PAGE_SIZE) * PAGE_SIZE;
+    this.checkHugetlbEdges(addr, end);
+    this.munmapRange(addr, end);
   }
 
   /**
    * Change the protection of `[addr, addr + length)`, which must be fully mapped.
    * @param addr - page aligned. @param length - bytes, >= 0 (0 is a no-op, as in the kernel). @param prot - PROT_* bits.
-   * @throws HmmError EINVAL for bad arguments; ENOMEM if part of the range is unmapped (state unchanged).
+   * @throws HmmError EINVAL for bad arguments or a range that would split a hugetlb mapping off a
+   *   2 MiB boundary; ENOMEM if part of the range is unmapped (state unchanged).
    * @see do_mprotect_pkey, mprotect(2)
    */
   mprotect(addr: number, length: number, prot: number): void {
@@ -225,6 +246,7 @@ export class Mm {
     if (length === 0) return;
     const end = addr + Math.ceil(length / PAGE_SIZE) * PAGE_SIZE;
     this.checkFullyMapped(addr, end, "mprotect");
+    this.checkHugetlbEdges(addr, end);
     const newVm = protToVm(prot);
     mmuNotifyRange(this, addr, end, MMU_NOTIFY.PROTECTION_VMA);
     for (const v of this.splitAt(addr, end)) {
@@ -237,8 +259,10 @@ export class Mm {
    * Give advice about `[addr, addr + length)`.
    * @param addr - page aligned. @param length - bytes, > 0.
    * @param advice - MADV_DONTNEED, MADV_FREE, MADV_HUGEPAGE, MADV_NOHUGEPAGE, MADV_DONTFORK, MADV_DOFORK, MADV_COLLAPSE.
-   * @throws HmmError EINVAL for unknown advice or bad range; ENOMEM if part of the range is unmapped.
-   * @see do_madvise, madvise(2)
+   * @throws HmmError EINVAL for unknown advice or bad range, MADV_FREE or MADV_COLLAPSE on a hugetlb
+   *   mapping, or a range that would split one off a 2 MiB boundary (MADV_DONTNEED on hugetlb needs
+   *   a 2 MiB-aligned start and drops whole huge pages only); ENOMEM if part of the range is unmapped.
+   * @see do_madvise, madvise(2), madvise_dontneed_free_valid_vma
    */
   madvise(addr: number, length: number, advice: number): void {
     this.checkAlive();
@@ -248,6 +272,21 @@ export class Mm {
     if (!known.includes(advice)) einval("advice", `one of MADV_DONTNEED/FREE/HUGEPAGE/NOHUGEPAGE/DONTFORK/DOFORK, got ${advice}`);
     if (length === 0) return;
     this.checkFullyMapped(addr, end, "madvise");
+    const huge = this.vmasIn(addr, end).filter((v) => v.flags & VM.HUGETLB);
+    if (huge.length > 0) {
+      if (advice === MADV_FREE || advice === MADV_COLLAPSE) einval("advice", "not MADV_FREE or MADV_COLLAPSE on a hugetlb mapping");
+      if (advice === MADV_DONTNEED) {
+        if (addr % PMD_SIZE !== 0) einval("addr", `2 MiB aligned for MADV_DONTNEED on a hugetlb mapping, got 0x${addr.toString(16)}`);
+        mmuNotifyRange(this, addr, end, MMU_NOTIFY.CLEAR);
+        for (const v of this.vmasIn(addr, end)) {
+          const hugeV = (v.flags & VM.HUGETLB) !== 0;
+          const e = Math.min(end, v.end);
+          this.core.fault.zapRange(this, v, Math.max(addr, v.start), hugeV ? e - (e % PMD_SIZE) : e);
+        }
+        return;
+      }
+      this.checkHugetlbEdges(addr, end);
+    }
     if (advice === MADV_COLLAPSE) {
       this.madviseCollapse(addr, end);
       return;
@@ -334,11 +373,12 @@ export class Mm {
     this.vmas.splice(i, 0, vma);
   }
 
-  /** @internal Remove a VMA and drop its shmem reference. */
+  /** @internal Remove a VMA, dropping its shmem reference and its unused hugetlb reservations. */
   removeVma(vma: Vma): void {
     const i = this.vmas.indexOf(vma);
     if (i >= 0) this.vmas.splice(i, 1);
     if (vma.shared) this.core.shmemVmaRef(vma.mapping, -1);
+    if (vma.hugetlbResv !== undefined) this.core.hugetlb.unreserve(vma);
   }
 
   /**
@@ -353,6 +393,7 @@ export class Mm {
         this.core.huge.splitPmdAt(this, edge);
         const right = v.slice(edge, v.end);
         v.end = edge;
+        v.splitResvTo(right);
         if (right.shared) this.core.shmemVmaRef(right.mapping, +1);
         this.insertVma(right);
       } else if (v === undefined) {
@@ -366,6 +407,23 @@ export class Mm {
     if (!Number.isInteger(addr) || addr % PAGE_SIZE !== 0 || addr < 0) einval("addr", `a page-aligned address, got ${addr}`);
     if (!Number.isInteger(length) || length < 0 || (length === 0 && !zeroOk) || addr + length > TASK_SIZE) {
       einval("length", `a ${zeroOk ? "non-negative" : "positive"} length within TASK_SIZE, got ${length}`);
+    }
+  }
+
+  /**
+   * A hugetlb VMA splits only on 2 MiB boundaries.
+   * @throws HmmError EINVAL (`addr` or `length`) when `start` or `end` falls inside a hugetlb VMA off one.
+   * @see hugetlb_vm_op_split
+   */
+  private checkHugetlbEdges(start: number, end: number): void {
+    for (const [edge, name] of [
+      [start, "addr"],
+      [end, "length"],
+    ] as const) {
+      const v = this.findVma(edge);
+      if (v !== undefined && v.flags & VM.HUGETLB && v.start < edge && edge % PMD_SIZE !== 0) {
+        einval(name, `a 2 MiB boundary inside the hugetlb mapping at 0x${v.start.toString(16)}, got 0x${edge.toString(16)}`);
+      }
     }
   }
 

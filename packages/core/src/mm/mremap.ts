@@ -20,7 +20,7 @@ import { einval, HmmError } from "../sim/errors";
 import type { Mm } from "./mm";
 import { MMU_NOTIFY, mmuNotifyRange } from "./mmu-notifier";
 import { entryPayload, isHuge, PMD_SIZE, PTRS_PER_PTE, SWP, swpType } from "./page-table";
-import { MREMAP_DONTUNMAP, MREMAP_FIXED, MREMAP_MAYMOVE, TASK_SIZE, type Vma } from "./vma";
+import { MREMAP_DONTUNMAP, MREMAP_FIXED, MREMAP_MAYMOVE, TASK_SIZE, VM, type Vma } from "./vma";
 
 /**
  * Remap `[oldAddr, oldAddr + oldSize)` to `newSize` bytes.
@@ -29,7 +29,8 @@ import { MREMAP_DONTUNMAP, MREMAP_FIXED, MREMAP_MAYMOVE, TASK_SIZE, type Vma } f
  * @param newAddr - the target with MREMAP_FIXED (page aligned).
  * @returns the mapping's address after the call.
  * @throws HmmError EINVAL (unaligned address, zero size, unknown flags, FIXED or DONTUNMAP without
- *   MAYMOVE, DONTUNMAP with a size change or on shared memory, overlapping FIXED ranges), EFAULT
+ *   MAYMOVE, DONTUNMAP with a size change or on shared memory, overlapping FIXED ranges, a hugetlb
+ *   mapping), EFAULT
  *   (the old range is not inside one VMA), ENOMEM (cannot grow in place without MAYMOVE, or no gap).
  * @see SYSCALL_DEFINE5(mremap)
  */
@@ -53,6 +54,8 @@ export function mremap(mm: Mm, oldAddr: number, oldSize: number, newSize: number
   if (vma === undefined || oldAddr + oldLen > vma.end)
     throw new HmmError("EFAULT", `[0x${oldAddr.toString(16)}, +${oldLen}) is not inside one VMA`, "oldAddr");
   if (flags & MREMAP_DONTUNMAP && vma.shared) einval("flags", "MREMAP_DONTUNMAP on private anonymous memory only");
+  // Departure: the kernel (6.1+) moves 2 MiB-aligned hugetlb ranges; hmmkit does not model it.
+  if (vma.flags & VM.HUGETLB) einval("oldAddr", "not a hugetlb mapping (mremap of hugetlb is not modelled)");
 
   const mustMove = (flags & (MREMAP_FIXED | MREMAP_DONTUNMAP)) !== 0;
   // Shrink in place (no move requested).

@@ -29,6 +29,8 @@ export class PageRefs {
   private readonly waiters = new Map<number, (() => void)[]>();
   /** Set by memremap: frees a ZONE_DEVICE folio to its pgmap. */
   zoneDeviceFree: ZoneDeviceFree | undefined;
+  /** Set by the mm layer: returns a HugeTLB folio to its pool. @see free_huge_folio */
+  hugetlbFree: ((head: number) => void) | undefined;
 
   /**
    * @param pages - per-page state. @param alloc - the buddy allocator. @param lru - LRU lists. @param vmstat - counters.
@@ -86,6 +88,11 @@ export class PageRefs {
       return;
     }
     if (f & PG.locked) throw new BugError("free-locked-page", `freeing locked pfn ${head}`);
+    if (f & PG.hugetlb) {
+      if (this.hugetlbFree === undefined) throw new BugError("hugetlb-free", `no hugetlb layer to free pfn ${head}`);
+      this.hugetlbFree(head);
+      return;
+    }
     if (f & PG.lru) this.lru.del(head);
     const order = f & PG.head ? (ps.order[head] as number) : 0;
     if (f & PG.anon) this.vmstat.c.nr_anon_pages -= 1 << order;

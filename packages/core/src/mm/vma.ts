@@ -32,6 +32,8 @@ export const MAP_PRIVATE = 0x02;
 export const MAP_FIXED = 0x10;
 /** @see MAP_ANONYMOUS */
 export const MAP_ANONYMOUS = 0x20;
+/** Back the mapping with 2 MiB HugeTLB pool pages (see hugetlb.ts). @see MAP_HUGETLB */
+export const MAP_HUGETLB = 0x40000;
 
 /** madvise advice values. @see include/uapi/asm-generic/mman-common.h */
 export const MADV_DONTNEED = 4;
@@ -64,6 +66,8 @@ export const VM = {
   IO: 0x4000,
   /** Not copied on fork (MADV_DONTFORK). @see VM_DONTCOPY */
   DONTCOPY: 0x20000,
+  /** Backed by HugeTLB pages (MAP_HUGETLB). @see VM_HUGETLB */
+  HUGETLB: 0x400000,
   /** Mixed pfn/page mapping (a driver's vm_insert_page); migration refuses it. @see VM_MIXEDMAP */
   MIXEDMAP: 0x10000000,
   /** MADV_HUGEPAGE. @see VM_HUGEPAGE */
@@ -101,6 +105,12 @@ export interface MmapFile {
 export class Vma {
   /** The mapped file of a driver mapping; undefined for anonymous and shmem VMAs. @see vm_file */
   file: MmapFile | undefined = undefined;
+  /**
+   * A hugetlb VMA that owns reservations: the 2 MiB-aligned addresses whose pool page is reserved
+   * and not yet faulted. Undefined for other VMAs and for a forked child's.
+   * @see HPAGE_RESV_OWNER, the resv_map of a private hugetlb mapping
+   */
+  hugetlbResv: Set<number> | undefined = undefined;
 
   /**
    * @param start - first byte (page aligned).
@@ -136,6 +146,22 @@ export class Vma {
    */
   addressOf(index: number): number {
     return this.start + (index - this.pgoff) * 4096;
+  }
+
+  /**
+   * Split off `right` (a slice of this VMA that starts where this one now ends): it takes the
+   * hugetlb reservations of its range.
+   * @param right - the new right part.
+   */
+  splitResvTo(right: Vma): void {
+    if (this.hugetlbResv === undefined) return;
+    right.hugetlbResv = new Set();
+    for (const a of this.hugetlbResv) {
+      if (a >= right.start) {
+        right.hugetlbResv.add(a);
+        this.hugetlbResv.delete(a);
+      }
+    }
   }
 
   /**

@@ -83,6 +83,8 @@ export const PG = {
   reserved_thp: 1 << 20,
   /** Large folio that can be rmapped (THP). @see PG_large_rmappable */
   largeRmappable: 1 << 21,
+  /** A HugeTLB pool page (folio head). @see folio_test_hugetlb */
+  hugetlb: 1 << 22,
 } as const;
 
 /** What a physical region is. */

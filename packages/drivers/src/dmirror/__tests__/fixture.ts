@@ -62,8 +62,9 @@ export class Ctx {
   readonly tasks: Task[] = [];
   readonly initialFree: number;
 
-  constructor(opts: { ramMiB?: number; dmirror?: DmirrorOptions; seed?: number } = {}) {
-    this.m = Machine.create({ ramMiB: [opts.ramMiB ?? 256], seed: opts.seed ?? 1 });
+  /** @param opts - machine size, dmirror options, seed, and HugeTLB pool pages (`hugepages`, 2 MiB each). */
+  constructor(opts: { ramMiB?: number; dmirror?: DmirrorOptions; seed?: number; hugepages?: number } = {}) {
+    this.m = Machine.create({ ramMiB: [opts.ramMiB ?? 256], seed: opts.seed ?? 1, hugepages: opts.hugepages ?? 0 });
     this.mod = DmirrorModule.load(this.m, opts.dmirror ?? {});
     this.initialFree = this.m.alloc.nrFreePages;
     this.t = this.spawn();
@@ -124,6 +125,8 @@ export class Ctx {
     for (let p = 0; p < m.pages.maxPfn; p++) if ((m.pages.flags[p] as number) & PG.locked) locked++;
     expect.soft(locked, "locked pages").toBe(0);
     expect.soft(m.mm.refs.waitingPages, "pages waited on").toBe(0);
+    expect.soft(m.mm.hugetlb.freeHugepages, "HugeTLB pool pages free").toBe(m.mm.hugetlb.nrHugepages);
+    expect.soft(m.mm.hugetlb.resvHugepages, "HugeTLB pages reserved").toBe(0);
     const hugeZero = m.mm.huge.hugeZeroPfn >= 0 ? 512 : 0;
     expect.soft(m.alloc.nrFreePages + hugeZero, "system free pages").toBe(this.initialFree);
     this.mod.unload();

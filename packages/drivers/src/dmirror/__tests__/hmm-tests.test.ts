@@ -4,8 +4,10 @@
  * the kernel's exact return values, `cpages`, `faults` and data. Every test ends with the leak
  * guard (Ctx.teardown).
  *
- * Not ported (no hugetlbfs in hmmkit): anon_write_hugetlbfs, compound. The THP migration
- * benchmark is packages/drivers/bench/migrate.bench.ts. file_read, file_write and
+ * anon_write_hugetlbfs and compound map MAP_HUGETLB memory from a one-page HugeTLB pool (the
+ * machine's `hugepages` option, as the kselftest needs nr_hugepages set; 2 MiB is the default
+ * huge page size here). The THP migration benchmark is packages/drivers/bench/migrate.bench.ts.
+ * file_read, file_write and
  * migrate_file_private use a tmpfs file (`shmemFileSetup`, as hmm_create_file's O_TMPFILE in /tmp);
  * mixedmap maps the dmirror file itself (its mmap inserts pages with vmInsertPage, as
  * dmirror_fops_mmap does).
@@ -19,6 +21,7 @@ import {
   MADV_HUGEPAGE,
   MADV_NOHUGEPAGE,
   MAP_ANONYMOUS,
+  MAP_HUGETLB,
   MAP_PRIVATE,
   MAP_SHARED,
   MIGRATE_VMA_SELECT,
@@ -257,6 +260,50 @@ describe.each(HMM_VARIANTS)("$name", (variant) => {
     expect(buf.faults).toBe(1);
     expectInts(await ctx.read(buf.ptr, TWOMEG), (i) => i);
     expect(isHuge(ctx.t.mm.pt.getPmd(buf.ptr))).toBe(true);
+    hmmBufferFree(ctx, buf);
+    ctx.teardown();
+  });
+
+  it("anon_write_hugetlbfs", async () => {
+    const ctx = new Ctx({ hugepages: 1 });
+    const fd = ctx.open(variant.deviceNumber);
+    // The default huge page size (Hugepagesize in /proc/meminfo) is 2 MiB here.
+    const hsize = TWOMEG;
+    const size = align(TWOMEG, hsize);
+    const np = size / PAGE_SIZE;
+    const buf = buffer(ctx.mmap(size, RW, PRIV | MAP_HUGETLB), size);
+    buf.mirror.set(ints(size / 4, (i) => i));
+    expect(await hmmDmirrorCmd(fd, HMM_DMIRROR_WRITE, buf, np)).toBe(0);
+    expect(buf.cpages).toBe(np);
+    expect(buf.faults).toBe(1);
+    expectInts(await ctx.read(buf.ptr, size), (i) => i);
+    expect(ctx.t.mm.hugetlbUsage).toBe(np);
+    // migrate_vma refuses hugetlb VMAs: the pages stay where they are.
+    expect(await hmmMigrateSysToDev(fd, buf, np)).toBe(EINVAL);
+    expect(ctx.t.mm.rssDevice).toBe(0);
+    hmmBufferFree(ctx, buf);
+    expect(ctx.m.mm.hugetlb.freeHugepages).toBe(1);
+    ctx.teardown();
+  });
+
+  it("compound", async () => {
+    const ctx = new Ctx({ hugepages: 1 });
+    const fd = ctx.open(variant.deviceNumber);
+    const size = align(TWOMEG, TWOMEG);
+    const np = size / PAGE_SIZE;
+    const buf = buffer(ctx.mmap(size, RW, PRIV | MAP_HUGETLB), size, np);
+    await ctx.write(
+      buf.ptr,
+      ints(size / 4, (i) => i),
+    );
+    expect(await hmmDmirrorCmd(fd, HMM_DMIRROR_SNAPSHOT, buf, np)).toBe(0);
+    expect(buf.cpages).toBe(np);
+    // A 2 MiB default huge page is mapped by a PMD (a 1 GiB one would report HMM_DMIRROR_PROT_PUD).
+    for (let i = 0; i < np; i++) expect(buf.mirror[i], `page ${i}`).toBe(HMM_DMIRROR_PROT_WRITE | HMM_DMIRROR_PROT_PMD);
+    ctx.t.mm.mprotect(buf.ptr, size, PROT_READ);
+    expect(await hmmDmirrorCmd(fd, HMM_DMIRROR_SNAPSHOT, buf, np)).toBe(0);
+    expect(buf.cpages).toBe(np);
+    for (let i = 0; i < np; i++) expect(buf.mirror[i], `page ${i}`).toBe(HMM_DMIRROR_PROT_READ | HMM_DMIRROR_PROT_PMD);
     hmmBufferFree(ctx, buf);
     ctx.teardown();
   });
