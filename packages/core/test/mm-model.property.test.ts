@@ -18,6 +18,13 @@
  * written, then carry their own copy; MADV_DONTNEED drops the copy and shows the file again), and
  * `pwrite`/`pread` change and check the file directly.
  *
+ * HugeTLB is part of it too: a pool of 0-3 pages at boot, `mmaphuge` maps 1-2 huge pages. The model
+ * keeps each task's 2 MiB blocks (a physical huge page shared by reference across fork, and whether
+ * the block still holds its reservation) and the pool's free and reserved counts, so it predicts
+ * ENOMEM at mmap, SIGBUS (EFAULT) when a fault or a copy-on-write finds no page, and EINVAL for a
+ * munmap/mprotect/MADV_DONTNEED that would split a hugetlb mapping off a 2 MiB boundary; range ops
+ * may snap to 2 MiB (`snap`) to reach the allowed cases.
+ *
  * `HMMKIT_PROPERTY_EXCLUDE=shared,protnone` (comma-separated) narrows the generator, to look for
  * further bugs while known ones are open. Failing cases found so far are kept below as explicit
  * regression tests.
@@ -29,6 +36,7 @@ import {
   MADV_DONTNEED,
   MADV_HUGEPAGE,
   MAP_ANONYMOUS,
+  MAP_HUGETLB,
   MAP_PRIVATE,
   MAP_SHARED,
   Machine,
@@ -52,12 +60,22 @@ interface Entry {
   readonly data?: Uint8Array;
   /** Private file page: the file page it shows until `data` (its own copy) exists. */
   readonly file?: { readonly obj: ShmObj; readonly idx: number };
+  /** A page of a hugetlb mapping: its bytes are in the task's 2 MiB block (`MTask.hblocks`). */
+  readonly hb?: true;
 }
 
-/** The bytes an entry shows (undefined: zeros). */
-function bytesOf(e: Entry): Uint8Array | undefined {
-  if (e.shm) return e.shm.obj.pages.get(e.shm.idx);
-  return e.data ?? (e.file ? e.file.obj.pages.get(e.file.idx) : undefined);
+const TWO = 2 * 1024 * 1024;
+/** A physical huge page of the model: its bytes and how many tasks map it. */
+interface HPage {
+  readonly data: Uint8Array;
+  mappers: number;
+}
+/** One 2 MiB block of a task's hugetlb mapping. */
+interface HBlock {
+  /** The page mapped there (undefined: not faulted yet, or dropped by MADV_DONTNEED). */
+  page: HPage | undefined;
+  /** The block still holds a pool reservation (the owner, before its first fault). */
+  resv: boolean;
 }
 
 const FILE_PAGES = 1100;
@@ -65,13 +83,27 @@ interface MTask {
   task: Task;
   pages: Map<number, Entry>;
   regions: Array<[number, number]>;
+  /** Hugetlb blocks by 2 MiB-aligned address. */
+  hblocks: Map<number, HBlock>;
+}
+
+/** The bytes page `pn` of `t` shows (undefined: zeros). */
+function bytesOf(t: MTask, pn: number, e: Entry): Uint8Array | undefined {
+  if (e.hb) {
+    const a = pn * PAGE;
+    const page = t.hblocks.get(a - (a % TWO))?.page;
+    return page?.data.subarray(a % TWO, (a % TWO) + PAGE);
+  }
+  if (e.shm) return e.shm.obj.pages.get(e.shm.idx);
+  return e.data ?? (e.file ? e.file.obj.pages.get(e.file.idx) : undefined);
 }
 
 export type Op =
   | { k: "mmap"; who: number; pages: number; shared: boolean; huge: boolean; prot: number }
-  | { k: "munmap"; who: number; r: number; off: number; len: number }
-  | { k: "mprotect"; who: number; r: number; off: number; len: number; prot: number }
-  | { k: "dontneed"; who: number; r: number; off: number; len: number }
+  | { k: "munmap"; who: number; r: number; off: number; len: number; snap?: boolean }
+  | { k: "mprotect"; who: number; r: number; off: number; len: number; prot: number; snap?: boolean }
+  | { k: "dontneed"; who: number; r: number; off: number; len: number; snap?: boolean }
+  | { k: "mmaphuge"; who: number; huge: number; prot: number }
   | { k: "read"; who: number; r: number; off: number; len: number }
   | { k: "write"; who: number; r: number; off: number; len: number; seed: number }
   | { k: "fork"; who: number }
@@ -83,7 +115,9 @@ export type Op =
 export interface Scenario {
   thp: ThpMode;
   ramMiB: number;
-  /** Mappings created in the first task before `ops` (mmap ops; `who` is ignored). */
+  /** HugeTLB pool pages at boot (default 0). */
+  hugepages?: number;
+  /** Mappings created in the first task before `ops` (mmap and mmaphuge ops; `who` is ignored). */
   init: Op[];
   ops: Op[];
 }
@@ -117,14 +151,36 @@ const mmapArb = fc.record({
   prot: fc.constantFrom(PROT_READ | PROT_WRITE, PROT_READ | PROT_WRITE, PROT_READ),
 });
 
+const mmapHugeArb = fc.record({
+  k: fc.constant("mmaphuge" as const),
+  who,
+  huge: fc.integer({ min: 1, max: 2 }),
+  prot: fc.constantFrom(PROT_READ | PROT_WRITE, PROT_READ | PROT_WRITE, PROT_READ),
+});
+
 const opArb: fc.Arbitrary<Op> = fc.oneof(
   { weight: 2, arbitrary: mmapArb },
-  { weight: 2, arbitrary: fc.record({ k: fc.constant("munmap" as const), who, r: pick, off: fc.nat(1100), len: lenPages }) },
   {
     weight: 2,
-    arbitrary: fc.record({ k: fc.constant("mprotect" as const), who, r: pick, off: fc.nat(1100), len: lenPages, prot: protArb }),
+    arbitrary: fc.record({ k: fc.constant("munmap" as const), who, r: pick, off: fc.nat(1100), len: lenPages, snap: fc.boolean() }),
   },
-  { weight: 1, arbitrary: fc.record({ k: fc.constant("dontneed" as const), who, r: pick, off: fc.nat(1100), len: lenPages }) },
+  {
+    weight: 2,
+    arbitrary: fc.record({
+      k: fc.constant("mprotect" as const),
+      who,
+      r: pick,
+      off: fc.nat(1100),
+      len: lenPages,
+      prot: protArb,
+      snap: fc.boolean(),
+    }),
+  },
+  {
+    weight: 1,
+    arbitrary: fc.record({ k: fc.constant("dontneed" as const), who, r: pick, off: fc.nat(1100), len: lenPages, snap: fc.boolean() }),
+  },
+  { weight: 2, arbitrary: mmapHugeArb },
   { weight: 6, arbitrary: fc.record({ k: fc.constant("read" as const), who, r: pick, off: fc.nat(5_000_000), len: lenBytes }) },
   {
     weight: 9,
@@ -161,7 +217,8 @@ const opArb: fc.Arbitrary<Op> = fc.oneof(
 export const scenarioArb: fc.Arbitrary<Scenario> = fc.record({
   thp: fc.constantFrom<ThpMode>("always", "madvise", "never"),
   ramMiB: fc.constantFrom(48, 64),
-  init: fc.array(mmapArb, { minLength: 1, maxLength: 3 }),
+  hugepages: fc.constantFrom(0, 2, 3, 3),
+  init: fc.array(fc.oneof({ weight: 3, arbitrary: mmapArb }, { weight: 1, arbitrary: mmapHugeArb }), { minLength: 1, maxLength: 3 }),
   ops: fc.array(opArb, { minLength: 1, maxLength: 60 }),
 });
 
@@ -186,8 +243,56 @@ export async function runScenario(sc: Scenario, stats?: Record<string, number>):
   const count = (k: string) => {
     if (stats) stats[k] = (stats[k] ?? 0) + 1;
   };
-  const m = Machine.create({ ramMiB: [sc.ramMiB], thp: sc.thp, seed: 1 });
+  const m = Machine.create({ ramMiB: [sc.ramMiB], thp: sc.thp, seed: 1, hugepages: sc.hugepages ?? 0 });
   const base = leakBaseline(m);
+  // The HugeTLB pool as the model sees it.
+  const pool = { free: m.mm.hugetlb.nrHugepages, resv: 0 };
+  const blockOf = (pn: number) => pn * PAGE - ((pn * PAGE) % TWO);
+  /** The hugetlb fault that an access to page `pn` needs (none if mapped well enough); false when it is SIGBUS. */
+  const hugeFault = (t: MTask, pn: number, write: boolean): boolean => {
+    const hb = t.hblocks.get(blockOf(pn)) as HBlock;
+    if (hb.page === undefined) {
+      if (hb.resv) {
+        hb.resv = false;
+        pool.resv--;
+      } else if (pool.free - pool.resv <= 0) {
+        count("hugetlb.sigbus");
+        return false;
+      }
+      pool.free--;
+      hb.page = { data: new Uint8Array(TWO), mappers: 1 };
+      count("hugetlb.fault");
+      return true;
+    }
+    if (write && hb.page.mappers > 1) {
+      if (pool.free - pool.resv <= 0) {
+        count("hugetlb.cow_sigbus");
+        return false;
+      }
+      count("hugetlb.cow");
+      pool.free--;
+      hb.page.mappers--;
+      hb.page = { data: hb.page.data.slice(), mappers: 1 };
+    }
+    return true;
+  };
+  /** Drop a task's page from a block (MADV_DONTNEED), or the whole block (unmap, exit). */
+  const dropPage = (hb: HBlock) => {
+    if (hb.page !== undefined && --hb.page.mappers === 0) pool.free++;
+    hb.page = undefined;
+  };
+  const dropBlock = (t: MTask, addr: number) => {
+    const hb = t.hblocks.get(addr);
+    if (hb === undefined) return;
+    dropPage(hb);
+    if (hb.resv) pool.resv--;
+    t.hblocks.delete(addr);
+  };
+  /** A range edge inside a hugetlb mapping, off a 2 MiB boundary (the split is EINVAL). */
+  const badHugeEdge = (t: MTask, start: number, end: number) =>
+    [start, end].some((edge) => edge % TWO !== 0 && t.pages.get(edge / PAGE)?.hb === true);
+  const snapped = (r: [number, number] | undefined, snap: boolean | undefined): [number, number] | undefined =>
+    r && snap ? [r[0] - (r[0] % TWO), Math.ceil(r[1] / TWO) * TWO] : r;
   const file = m.mm.shmemFileSetup(FILE_PAGES * PAGE);
   const fobj: ShmObj = { pages: new Map() };
   /** A byte range of the file: [start, length), clamped to its size. */
@@ -197,7 +302,7 @@ export async function runScenario(sc: Scenario, stats?: Record<string, number>):
   };
   const live: MTask[] = [];
   const spawn = (): MTask => {
-    const t: MTask = { task: m.mm.spawn(), pages: new Map(), regions: [] };
+    const t: MTask = { task: m.mm.spawn(), pages: new Map(), regions: [], hblocks: new Map() };
     live.push(t);
     return t;
   };
@@ -229,14 +334,24 @@ export async function runScenario(sc: Scenario, stats?: Record<string, number>):
           break;
         }
         case "munmap": {
-          const r = rangeOf(t, op.r, op.off, op.len, PAGE);
+          const r = snapped(rangeOf(t, op.r, op.off, op.len, PAGE), op.snap);
           if (!r) break;
+          if (badHugeEdge(t, r[0], r[1])) {
+            await expectErr(
+              Promise.resolve().then(() => t.task.mm.munmap(r[0], r[1] - r[0])),
+              "EINVAL",
+              ctx,
+            );
+            count("munmap.hugetlb_einval");
+            break;
+          }
           t.task.mm.munmap(r[0], r[1] - r[0]);
           for (let pn = r[0] / PAGE; pn < r[1] / PAGE; pn++) t.pages.delete(pn);
+          for (let a = r[0] - (r[0] % TWO); a < r[1]; a += TWO) if (a >= r[0] && a + TWO <= r[1]) dropBlock(t, a);
           break;
         }
         case "mprotect": {
-          const r = rangeOf(t, op.r, op.off, op.len, PAGE);
+          const r = snapped(rangeOf(t, op.r, op.off, op.len, PAGE), op.snap);
           if (!r) break;
           let mapped = true;
           for (let pn = r[0] / PAGE; pn < r[1] / PAGE; pn++) if (!t.pages.has(pn)) mapped = false;
@@ -250,19 +365,40 @@ export async function runScenario(sc: Scenario, stats?: Record<string, number>):
             if (code !== "ENOMEM") fail(`${ctx}: mprotect over a hole: expected ENOMEM, got ${code || "success"}`);
             break;
           }
+          if (badHugeEdge(t, r[0], r[1])) {
+            await expectErr(
+              Promise.resolve().then(() => t.task.mm.mprotect(r[0], r[1] - r[0], op.prot)),
+              "EINVAL",
+              ctx,
+            );
+            count("mprotect.hugetlb_einval");
+            break;
+          }
           t.task.mm.mprotect(r[0], r[1] - r[0], op.prot);
           for (let pn = r[0] / PAGE; pn < r[1] / PAGE; pn++) t.pages.set(pn, { ...(t.pages.get(pn) as Entry), prot: op.prot });
           break;
         }
         case "dontneed": {
-          const r = rangeOf(t, op.r, op.off, op.len, PAGE);
+          const r = snapped(rangeOf(t, op.r, op.off, op.len, PAGE), op.snap);
           if (!r) break;
           let mapped = true;
           for (let pn = r[0] / PAGE; pn < r[1] / PAGE; pn++) if (!t.pages.has(pn)) mapped = false;
           if (!mapped) break; // ENOMEM semantics are covered by mprotect
+          if (r[0] % TWO !== 0 && t.pages.get(r[0] / PAGE)?.hb) {
+            await expectErr(
+              Promise.resolve().then(() => t.task.mm.madvise(r[0], r[1] - r[0], MADV_DONTNEED)),
+              "EINVAL",
+              ctx,
+            );
+            count("dontneed.hugetlb_einval");
+            break;
+          }
           t.task.mm.madvise(r[0], r[1] - r[0], MADV_DONTNEED);
+          // Hugetlb: whole 2 MiB pages inside the range only (the end is rounded down).
+          for (const [a, hb] of t.hblocks) if (a >= r[0] && a + TWO <= r[1]) dropPage(hb);
           for (let pn = r[0] / PAGE; pn < r[1] / PAGE; pn++) {
             const e = t.pages.get(pn) as Entry;
+            if (e.hb) continue;
             // A private page loses its own bytes: anon reads zeros, a file page shows the file again.
             if (!e.shm) t.pages.set(pn, e.file ? { prot: e.prot, file: e.file } : { prot: e.prot });
           }
@@ -274,9 +410,13 @@ export async function runScenario(sc: Scenario, stats?: Record<string, number>):
           const va = r[0];
           const len = op.len;
           let ok = true;
+          // Pages fault in order: a hugetlb fault with no pool page stops the read there.
           for (let pn = Math.floor(va / PAGE); pn * PAGE < va + len; pn++) {
             const e = t.pages.get(pn);
-            if (!e || !(e.prot & PROT_READ)) ok = false;
+            if (!e || !(e.prot & PROT_READ) || (e.hb && !hugeFault(t, pn, false))) {
+              ok = false;
+              break;
+            }
           }
           if (!ok) {
             await expectErr(m.mm.read(t.task, va, len), "EFAULT", ctx);
@@ -291,7 +431,7 @@ export async function runScenario(sc: Scenario, stats?: Record<string, number>):
             const po = a % PAGE;
             const n = Math.min(PAGE - po, len - i);
             const e = t.pages.get(pn) as Entry;
-            const src = bytesOf(e);
+            const src = bytesOf(t, pn, e);
             for (let j = 0; j < n; j++) {
               const want = src ? (src[po + j] as number) : 0;
               if (got[i + j] !== want) fail(`${ctx}: byte at 0x${(a + j).toString(16)} is ${got[i + j]}, model says ${want}`);
@@ -308,7 +448,7 @@ export async function runScenario(sc: Scenario, stats?: Record<string, number>):
           let stop = -1;
           for (let pn = Math.floor(va / PAGE); pn * PAGE < va + op.len; pn++) {
             const e = t.pages.get(pn);
-            if (!e || !(e.prot & PROT_WRITE)) {
+            if (!e || !(e.prot & PROT_WRITE) || (e.hb && !hugeFault(t, pn, true))) {
               stop = pn;
               break;
             }
@@ -322,7 +462,13 @@ export async function runScenario(sc: Scenario, stats?: Record<string, number>):
             const po = a % PAGE;
             const n = Math.min(PAGE - po, end - a);
             const e = t.pages.get(pn) as Entry;
-            const old = bytesOf(e);
+            if (e.hb) {
+              const page = (t.hblocks.get(blockOf(pn)) as HBlock).page as HPage;
+              page.data.set(data.subarray(a - va, a - va + n), a % TWO);
+              a += n;
+              continue;
+            }
+            const old = bytesOf(t, pn, e);
             const nb = old ? old.slice() : new Uint8Array(PAGE);
             nb.set(data.subarray(a - va, a - va + n), po);
             if (e.shm) e.shm.obj.pages.set(e.shm.idx, nb);
@@ -334,12 +480,41 @@ export async function runScenario(sc: Scenario, stats?: Record<string, number>):
         case "fork": {
           if (live.length >= 6) break;
           const c = m.mm.fork(t.task);
-          live.push({ task: c, pages: new Map(t.pages), regions: [...t.regions] });
+          // The child shares every huge page copy-on-write and owns no reservation.
+          const hblocks = new Map<number, HBlock>();
+          for (const [a, hb] of t.hblocks) {
+            if (hb.page) hb.page.mappers++;
+            hblocks.set(a, { page: hb.page, resv: false });
+          }
+          live.push({ task: c, pages: new Map(t.pages), regions: [...t.regions], hblocks });
           break;
         }
         case "exit": {
           m.mm.exit(t.task);
+          for (const a of [...t.hblocks.keys()]) dropBlock(t, a);
           live.splice(live.indexOf(t), 1);
+          break;
+        }
+        case "mmaphuge": {
+          const len = op.huge * TWO;
+          const flags = MAP_PRIVATE | MAP_ANONYMOUS | MAP_HUGETLB;
+          if (pool.free - pool.resv < op.huge) {
+            await expectErr(
+              Promise.resolve().then(() => t.task.mm.mmap(0, len, op.prot, flags)),
+              "ENOMEM",
+              ctx,
+            );
+            count("mmaphuge.enomem");
+            break;
+          }
+          const va = t.task.mm.mmap(0, len, op.prot, flags);
+          pool.resv += op.huge;
+          for (let a = va; a < va + len; a += TWO) t.hblocks.set(a, { page: undefined, resv: true });
+          for (let pn = va / PAGE; pn < (va + len) / PAGE; pn++) {
+            if (t.pages.has(pn)) fail(`${ctx}: mmap returned 0x${va.toString(16)}, overlapping a live mapping`);
+            t.pages.set(pn, { prot: op.prot, hb: true });
+          }
+          t.regions.push([va, va + len]);
           break;
         }
         case "mmapfile": {
@@ -381,13 +556,18 @@ export async function runScenario(sc: Scenario, stats?: Record<string, number>):
         }
       }
       if (m.vmstat.c.nr_free_pages !== m.alloc.nrFreePages) fail(`${ctx}: vmstat nr_free_pages drifted from the zones`);
+      const h = m.mm.hugetlb;
+      if (h.freeHugepages !== pool.free || h.resvHugepages !== pool.resv)
+        fail(`${ctx}: HugeTLB free/resv ${h.freeHugepages}/${h.resvHugepages}, model ${pool.free}/${pool.resv}`);
     }
     // Final sweep: every readable page of every live task equals the model.
     for (const t of live) {
       for (const [pn, e] of t.pages) {
         if (!(e.prot & PROT_READ)) continue;
+        // An unfaulted hugetlb block would fault (and may SIGBUS): the read op covers it.
+        if (e.hb && (t.hblocks.get(blockOf(pn)) as HBlock).page === undefined) continue;
         const got = await m.mm.read(t.task, pn * PAGE, PAGE);
-        const src = bytesOf(e);
+        const src = bytesOf(t, pn, e);
         for (let j = 0; j < PAGE; j++) {
           const want = src ? (src[j] as number) : 0;
           if (got[j] !== want) fail(`final sweep pid ${t.task.pid}: byte at 0x${(pn * PAGE + j).toString(16)} is ${got[j]}, model ${want}`);
@@ -473,6 +653,32 @@ describe("mm vs shadow model: regression scenarios", () => {
         { k: "mmapfile", who: 1, pages: 2, shared: true, prot: rw },
         { k: "write", who: 1, r: 2, off: 4000, len: 200, seed: 14 },
         { k: "pread", off: 3990, len: 300 },
+      ],
+    });
+  });
+
+  it("HugeTLB: fork COW, ENOMEM at mmap, DONTNEED, a child's fault from the unreserved pool, COW SIGBUS, 2 MiB-only splits (hugetlb.ts)", async () => {
+    await runScenario({
+      thp: "never",
+      ramMiB: 48,
+      hugepages: 2,
+      init: [{ k: "mmaphuge", who: 0, huge: 1, prot: rw }],
+      ops: [
+        { k: "write", who: 0, r: 0, off: 0, len: 100, seed: 1 },
+        { k: "fork", who: 0 },
+        { k: "write", who: 1, r: 0, off: 10, len: 10, seed: 2 },
+        { k: "write", who: 0, r: 0, off: 20, len: 10, seed: 3 },
+        { k: "mmaphuge", who: 0, huge: 1, prot: rw },
+        { k: "dontneed", who: 1, r: 0, off: 0, len: 512, snap: true },
+        { k: "read", who: 1, r: 0, off: 0, len: PAGE },
+        { k: "fork", who: 0 },
+        { k: "write", who: 2, r: 0, off: 5000, len: 10, seed: 4 },
+        { k: "read", who: 2, r: 0, off: 0, len: 200 },
+        { k: "munmap", who: 0, r: 0, off: 1, len: 1 },
+        { k: "mprotect", who: 0, r: 0, off: 0, len: 512, prot: PROT_READ, snap: true },
+        { k: "write", who: 0, r: 0, off: 0, len: 1, seed: 5 },
+        { k: "munmap", who: 0, r: 0, off: 0, len: 512, snap: true },
+        { k: "exit", who: 1 },
       ],
     });
   });

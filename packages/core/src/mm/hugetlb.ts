@@ -15,7 +15,10 @@
  *
  * Differences from the kernel, on purpose: only the default 2 MiB size; no surplus pages
  * (overcommit), no MAP_SHARED or hugetlbfs files, no MAP_NORESERVE; hugetlb pages do not migrate
- * (compaction, CMA and offlining treat them as unmovable); mremap of a hugetlb mapping is EINVAL.
+ * (compaction, CMA and offlining treat them as unmovable); mremap of a hugetlb mapping is EINVAL;
+ * when the pool is empty, the owner's copy-on-write fault is SIGBUS like anyone else's (the kernel
+ * instead unmaps the page from the children, unmap_ref_private, which then SIGBUS on access);
+ * MADV_DONTNEED does not give a dropped page's reservation back.
  *
  * @see mm/hugetlb.c, Documentation/admin-guide/mm/hugetlbpage.rst
  */
@@ -25,6 +28,7 @@ import { HPAGE_PMD_NR, HPAGE_PMD_ORDER, PG } from "../phys/page-state";
 import { BugError, einval } from "../sim/errors";
 import type { Mm } from "./mm";
 import type { MmCore } from "./mm-core";
+import { MMU_NOTIFY, mmuNotifyRange } from "./mmu-notifier";
 import { entryPayload, isHuge, isPresent, isWrite, mkPte, PMD_SIZE, PTE, swpType, withBits } from "./page-table";
 import { VM, type Vma } from "./vma";
 
@@ -164,6 +168,8 @@ export class Hugetlb {
     if (head < 0) return VM_FAULT.SIGBUS;
     core.contents.copyPages(head, old, HPAGE_PMD_NR);
     core.rmap.addNewAnon(head, vma.mapping, vma.pageIndex(haddr), true);
+    // Mirrors of the old page (a device that hmm_range_fault-ed it) must drop it.
+    mmuNotifyRange(mm, haddr, haddr + PMD_SIZE, MMU_NOTIFY.CLEAR);
     mm.pt.setPmd(haddr, mkPte(head, true) + PTE.HUGE + PTE.YOUNG + PTE.DIRTY);
     core.rmap.setEntireMapcount(old, core.rmap.entireMapcount(old) - 1);
     core.refs.putPage(old);

@@ -276,7 +276,10 @@ export class Mm {
     if (huge.length > 0) {
       if (advice === MADV_FREE || advice === MADV_COLLAPSE) einval("advice", "not MADV_FREE or MADV_COLLAPSE on a hugetlb mapping");
       if (advice === MADV_DONTNEED) {
-        if (addr % PMD_SIZE !== 0) einval("addr", `2 MiB aligned for MADV_DONTNEED on a hugetlb mapping, got 0x${addr.toString(16)}`);
+        for (const v of huge) {
+          const s = Math.max(addr, v.start);
+          if (s % PMD_SIZE !== 0) einval("addr", `2 MiB aligned where a hugetlb mapping starts for MADV_DONTNEED, got 0x${s.toString(16)}`);
+        }
         mmuNotifyRange(this, addr, end, MMU_NOTIFY.CLEAR);
         for (const v of this.vmasIn(addr, end)) {
           const hugeV = (v.flags & VM.HUGETLB) !== 0;

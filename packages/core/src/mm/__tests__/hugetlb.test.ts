@@ -3,6 +3,7 @@ import { useLeakGuard } from "../../../test/leak-guard";
 import { MIGRATE_VMA_SELECT } from "../../migrate/migrate-device";
 import { GFP } from "../../phys/page-alloc";
 import { HPAGE_PMD_NR, PG } from "../../phys/page-state";
+import { MMU_NOTIFY, mmuIntervalNotifierInsert, mmuIntervalNotifierRemove, mmuIntervalSetSeq } from "../mmu-notifier";
 import { PMD_SIZE } from "../page-table";
 import {
   MADV_DONTNEED,
@@ -187,6 +188,29 @@ describe("MAP_HUGETLB mappings", () => {
     expect((await rejection(m.mm.write(c2, va, new Uint8Array([1])))).code).toBe("EFAULT");
     expect((await m.mm.read(c2, va, 1))[0]).toBe(7);
     m.mm.exit(c2);
+    m.mm.exit(t);
+  });
+
+  it("a COW copy invalidates mirrors of the 2 MiB range (CLEAR), as hugetlb_wp does", async () => {
+    const m = boot({ ramMiB: [32], hugepages: 2 });
+    const t = m.mm.spawn();
+    const va = t.mm.mmap(0, TWO, RW, HUGE);
+    await m.mm.write(t, va, new Uint8Array([1]));
+    const seen: Array<[number, number, number]> = [];
+    const sub = mmuIntervalNotifierInsert(t.mm, va, TWO, {
+      invalidate(s, range, seq) {
+        seen.push([range.event, range.start - va, range.end - va]);
+        mmuIntervalSetSeq(s, seq);
+        return true;
+      },
+    });
+    const c = m.mm.fork(t);
+    seen.length = 0;
+    await m.mm.write(t, va + 4096, new Uint8Array([2])); // the parent copies: the child still maps the page
+    expect(seen).toEqual([[MMU_NOTIFY.CLEAR, 0, TWO]]);
+    expect((await m.mm.read(c, va + 4096, 1))[0]).toBe(0);
+    mmuIntervalNotifierRemove(sub);
+    m.mm.exit(c);
     m.mm.exit(t);
   });
 
