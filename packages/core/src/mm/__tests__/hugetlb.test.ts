@@ -3,6 +3,7 @@ import { useLeakGuard } from "../../../test/leak-guard";
 import { MIGRATE_VMA_SELECT } from "../../migrate/migrate-device";
 import { GFP } from "../../phys/page-alloc";
 import { HPAGE_PMD_NR, PG } from "../../phys/page-state";
+import { FOLL } from "../../pinpage/pinpage";
 import { MMU_NOTIFY, mmuIntervalNotifierInsert, mmuIntervalNotifierRemove, mmuIntervalSetSeq } from "../mmu-notifier";
 import { PMD_SIZE } from "../page-table";
 import {
@@ -189,6 +190,31 @@ describe("MAP_HUGETLB mappings", () => {
     expect((await m.mm.read(c2, va, 1))[0]).toBe(7);
     m.mm.exit(c2);
     m.mm.exit(t);
+  });
+
+  it("fork copies a DMA-pinned huge page for the child at once (the parent keeps it writable); no page is ENOMEM", async () => {
+    const m = boot({ ramMiB: [32], hugepages: 2 });
+    const h = m.mm.hugetlb;
+    const t = m.mm.spawn();
+    const va = t.mm.mmap(0, TWO, RW, HUGE);
+    const data = pattern(TWO, 4);
+    await m.mm.write(t, va, data);
+    const pfns = new Float64Array(2);
+    expect(await m.mm.pinpage.pinUserPages(t.mm, va + 4096, 2, FOLL.WRITE | FOLL.LONGTERM, pfns)).toBe(2);
+    const p = mapping(t, va)!.pfn;
+    expect(pfns[0]).toBe(p + 1); // pinned in place: pool pages are not movable memory
+    const c = m.mm.fork(t);
+    const cp = mapping(c, va)!;
+    expect(cp.pfn).not.toBe(p);
+    expect(h.freeHugepages).toBe(0);
+    expect(mapping(t, va)).toMatchObject({ pfn: p, write: true });
+    expect(Array.from(await m.mm.read(c, va + TWO - 8, 8))).toEqual(Array.from(data.subarray(TWO - 8)));
+    // With the pool empty, a second fork cannot copy the pinned page: the fork fails and nothing leaks.
+    expect(thrown(() => m.mm.fork(t))).toMatchObject({ code: "ENOMEM" });
+    m.mm.pinpage.unpinUserPages(pfns, 2);
+    m.mm.exit(c);
+    m.mm.exit(t);
+    expect(h.freeHugepages).toBe(2);
   });
 
   it("a COW copy invalidates mirrors of the 2 MiB range (CLEAR), as hugetlb_wp does", async () => {
