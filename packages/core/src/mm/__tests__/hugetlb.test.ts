@@ -4,6 +4,8 @@ import { MIGRATE_VMA_SELECT } from "../../migrate/migrate-device";
 import { GFP } from "../../phys/page-alloc";
 import { HPAGE_PMD_NR, PG } from "../../phys/page-state";
 import { FOLL } from "../../pinpage/pinpage";
+import { ERRNO } from "../../sim/errors";
+import { makeDeviceExclusive } from "../device-exclusive";
 import { MMU_NOTIFY, mmuIntervalNotifierInsert, mmuIntervalNotifierRemove, mmuIntervalSetSeq } from "../mmu-notifier";
 import { PMD_SIZE } from "../page-table";
 import {
@@ -260,7 +262,7 @@ describe("MAP_HUGETLB mappings", () => {
     m.mm.exit(t);
   });
 
-  it("bad uses are refused with state untouched: shared, mremap, migrate_vma", async () => {
+  it("bad uses are refused with state untouched: shared, mremap, migrate_vma, make_device_exclusive", async () => {
     const m = boot({ ramMiB: [32], hugepages: 1 });
     const t = m.mm.spawn();
     expect(thrown(() => t.mm.mmap(0, TWO, RW, MAP_SHARED | MAP_ANONYMOUS | MAP_HUGETLB))).toMatchObject({ code: "EINVAL", arg: "flags" });
@@ -281,6 +283,7 @@ describe("MAP_HUGETLB mappings", () => {
       npages: 0,
     };
     expect(thrown(() => m.migrate.migrateVmaSetup(args))).toMatchObject({ code: "EINVAL", arg: "args.vma" });
+    expect(await makeDeviceExclusive(t.mm, va, {})).toEqual({ ret: -ERRNO.EOPNOTSUPP, page: -1 });
     expect(mapping(t, va)).toMatchObject({ huge: true, write: true });
     expect((await m.mm.read(t, va, 1))[0]).toBe(3);
     m.mm.exit(t);
