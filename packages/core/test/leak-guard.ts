@@ -7,6 +7,8 @@
  * - no page is locked (PG_locked) and nobody waits on a page lock;
  * - no page is pinned (pin count 0; no small page carries GUP_PIN_COUNTING_BIAS);
  * - no page has a mapcount, is on an LRU list or isolated;
+ * - no page without a reference (free pages, and the tails of the folios still allocated) keeps a
+ *   mapping, index or private value (the allocator clears only a folio's head when it is freed);
  * - only reserved pages (the zero page, the huge zero page's head) hold references, and free
  *   ZONE_DEVICE pages are back at refcount 0;
  * - the allocator's free pages equal the baseline (minus the huge zero page, which the kernel keeps
@@ -63,6 +65,9 @@ export function findLeaks(base: LeakBaseline): string[] {
       if ((ps.pincount[pfn] as number) !== 0) push(`pfn ${pfn} pincount ${ps.pincount[pfn]}`);
       if ((ps.mapcount[pfn] as number) !== 0) push(`pfn ${pfn} mapcount ${ps.mapcount[pfn]}`);
       if (rc >= GUP_PIN_COUNTING_BIAS) push(`pfn ${pfn} refcount ${rc} carries a pin bias`);
+      if (rc === 0 && ((ps.mapping[pfn] as number) !== 0 || (ps.index[pfn] as number) !== 0 || (ps.private[pfn] as number) !== 0)) {
+        push(`pfn ${pfn} (refcount 0) keeps mapping ${ps.mapping[pfn]} index ${ps.index[pfn]} private ${ps.private[pfn]}`);
+      }
       if (rc !== 0) {
         const reserved = (f & PG.reserved) !== 0;
         const expected = pfn === m.mm.zeroPfn || pfn === hz ? 1 : 0;

@@ -292,17 +292,17 @@ export class Memremap {
         }
       }
     }
+    // Free device pages have no mapping or index (freeZoneDeviceFolio clears the head's; tails never
+    // hold one): only the head's are cleared again.
+    ps.mapping[head] = 0;
+    ps.index[head] = 0;
     if (n === 1) {
       ps.flags[head] = PG.zoneDevice;
-      ps.mapping[head] = 0;
-      ps.index[head] = 0;
     } else {
       // prep_compound_page on freshly initialised pages: head, then tails.
       ps.flags[head] = PG.zoneDevice | PG.head;
       ps.flags.fill(PG.zoneDevice | PG.tail, head + 1, head + n);
       ps.order.fill(order, head, head + n);
-      ps.mapping.fill(0, head, head + n);
-      ps.index.fill(0, head, head + n);
     }
     ps.refcount[head] = 1;
     ps.flags[head] = (ps.flags[head] as number) | PG.locked;
@@ -332,13 +332,12 @@ export class Memremap {
           throw new BugError("bad-page", `device pfn ${p} freed while mapped (mapcount ${ps.mapcount[p]})`);
       }
     }
+    // Only the head holds mapping and index (see PageAllocator.freePages).
+    ps.mapping[head] = 0;
+    ps.index[head] = 0;
     if (n === 1) {
-      ps.mapping[head] = 0;
-      ps.index[head] = 0;
       ps.flags[head] = PG.zoneDevice;
     } else {
-      ps.mapping.fill(0, head, head + n);
-      ps.index.fill(0, head, head + n);
       ps.pincount[head + 1] = 0;
       ps.order.fill(0, head, head + n);
       ps.flags.fill(PG.zoneDevice, head, head + n);

@@ -290,6 +290,7 @@ export class PageAllocator {
       bad |= ((flags[p] as number) & (PG.buddy | PG.locked | PG.lru | PG.reserved)) | (mapcount[p] as number) | (refcount[p] as number);
     }
     if (bad !== 0) this.badFree(pfn, n);
+    const end = pfn + n;
     if (n === 1) {
       ps.flags[pfn] = 0;
       ps.order[pfn] = 0;
@@ -298,9 +299,21 @@ export class PageAllocator {
       ps.private[pfn] = 0;
       ps.pincount[pfn] = 0;
       ps.owner[pfn] = 0;
+    } else if ((flags[pfn] as number) & PG.head) {
+      // Dissolve the compound folio (the kernel's free_tail_page_prepare). mapping, index, private
+      // and the pin count are only ever set on a folio's head (the entire mapcount on head + 1),
+      // and a split that hands them to former tails makes base pages of them: a folio's tails are
+      // clean, so only the head's (and head + 1's) are cleared.
+      ps.flags.fill(0, pfn, end);
+      ps.order.fill(0, pfn, end);
+      ps.mapping[pfn] = 0;
+      ps.index[pfn] = 0;
+      ps.private[pfn] = 0;
+      ps.pincount[pfn] = 0;
+      ps.pincount[pfn + 1] = 0;
+      ps.owner.fill(0, pfn, end);
     } else {
-      // Dissolve the compound folio and clear every page's fields (the kernel's free_tail_page_prepare).
-      const end = pfn + n;
+      // A block of base pages: any of them may have been used on its own.
       ps.flags.fill(0, pfn, end);
       ps.order.fill(0, pfn, end);
       ps.mapping.fill(0, pfn, end);
@@ -401,23 +414,23 @@ export class PageAllocator {
   private prepNewPage(pfn: number, order: number, gfp: number): void {
     const ps = this.pages;
     const n = 1 << order;
+    // Free pages have refcount and mapcount 0 (freePages checked every page) and no mapping, index,
+    // private or pincount; only flags and order can hold the free lists' marks (PG_buddy and a
+    // block order on former buddy heads).
     if (n === 1) {
       ps.flags[pfn] = 0;
       ps.mapcount[pfn] = 0;
       ps.order[pfn] = 0;
-    } else {
-      ps.flags.fill(0, pfn, pfn + n);
-      ps.refcount.fill(0, pfn, pfn + n);
-      ps.mapcount.fill(0, pfn, pfn + n);
-      ps.order.fill(0, pfn, pfn + n);
-    }
-    ps.refcount[pfn] = 1;
-    if (order > 0 && gfp & GFP.COMP) {
-      // prep_compound_page on pages whose flags were just cleared: head, then tails.
+    } else if (gfp & GFP.COMP) {
+      // prep_compound_page: head, then tails.
       ps.flags[pfn] = PG.head;
       ps.flags.fill(PG.tail, pfn + 1, pfn + n);
       ps.order.fill(order, pfn, pfn + n);
+    } else {
+      ps.flags.fill(0, pfn, pfn + n);
+      ps.order.fill(0, pfn, pfn + n);
     }
+    ps.refcount[pfn] = 1;
     if (gfp & GFP.ZERO) this.contents.clearPages(pfn, n);
     if (this.bus?.wants("mm_page_alloc")) this.bus.emit("mm_page_alloc", { pfn, order });
     this.vmstat.c.pgalloc_normal += n;

@@ -117,8 +117,13 @@ export class Ctx {
       expect.soft(d.freeListPages, `hmm_dmirror${d.id} free lists`).toBe(d.totalPages);
       for (const c of d.chunks) {
         let busy = 0;
-        for (let p = c.pagemap.startPfn; p < c.pagemap.endPfn; p++) if ((m.pages.refcount[p] as number) !== 0) busy++;
+        let stale = 0;
+        for (let p = c.pagemap.startPfn; p < c.pagemap.endPfn; p++) {
+          if ((m.pages.refcount[p] as number) !== 0) busy++;
+          else if ((m.pages.mapping[p] as number) !== 0 || (m.pages.index[p] as number) !== 0) stale++;
+        }
         expect.soft(busy, `hmm_dmirror${d.id} pages with a reference`).toBe(0);
+        expect.soft(stale, `hmm_dmirror${d.id} free pages keeping a mapping or index`).toBe(0);
       }
     }
     let locked = 0;
