@@ -306,21 +306,22 @@ export class DmirrorPt {
     if (endUpfn <= startUpfn) return;
     const k0 = Math.floor(startUpfn / PT_SHIFT_PAGES);
     const k1 = Math.floor((endUpfn - 1) / PT_SHIFT_PAGES);
-    const visit = (k: number, leaf: Float64Array) => {
-      const a = Math.max(startUpfn, k * PT_SHIFT_PAGES) - k * PT_SHIFT_PAGES;
-      const b = Math.min(endUpfn, (k + 1) * PT_SHIFT_PAGES) - k * PT_SHIFT_PAGES;
-      // Leaves are kept once allocated (4 KiB per 2 MiB of address space mirrored): a range
-      // migrated back and forth would otherwise allocate a leaf per window per round.
-      leaf.fill(0, a, b);
-    };
+    // Leaves are kept once allocated (4 KiB per 2 MiB of address space mirrored): a range
+    // migrated back and forth would otherwise allocate a leaf per window per round.
     if (k1 - k0 + 1 <= this.leaves.size) {
       for (let k = k0; k <= k1; k++) {
         const leaf = this.leaves.get(k);
-        if (leaf !== undefined) visit(k, leaf);
+        if (leaf !== undefined) this.eraseInLeaf(leaf, k, startUpfn, endUpfn);
       }
     } else {
-      for (const [k, leaf] of [...this.leaves]) if (k >= k0 && k <= k1) visit(k, leaf);
+      for (const [k, leaf] of [...this.leaves]) if (k >= k0 && k <= k1) this.eraseInLeaf(leaf, k, startUpfn, endUpfn);
     }
+  }
+
+  /** Clear the part of `[startUpfn, endUpfn)` that leaf `k` covers. */
+  private eraseInLeaf(leaf: Float64Array, k: number, startUpfn: number, endUpfn: number): void {
+    const base = k * PT_SHIFT_PAGES;
+    leaf.fill(0, Math.max(startUpfn, base) - base, Math.min(endUpfn, base + PT_SHIFT_PAGES) - base);
   }
 
   /** Erase every entry. @see xa_destroy */
