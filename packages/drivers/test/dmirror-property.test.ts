@@ -1,6 +1,10 @@
 /**
  * Property test: random interleavings of migrations to either device and back, CPU reads and
  * writes, device reads and writes, forks, exits, munmaps (and re-mmaps) and RELEASE evictions.
+ * The address range is 6 MiB of anonymous memory followed by a 2 MiB HugeTLB mapping (a pool of
+ * three pages: one per process, so copy-on-write never runs dry): device and CPU accesses reach
+ * it through faults and COW after fork (the mirrors must be invalidated), migrations over it are
+ * -EINVAL (migrate_vma refuses hugetlb VMAs), and munmap/remap stay in the anonymous part.
  *
  * Invariants, against a shadow model of every task's bytes:
  * - no byte is ever lost or stale (every CPU or device read equals the shadow; at the end every
@@ -15,7 +19,18 @@
  */
 
 import process from "node:process";
-import { HmmError, MADV_HUGEPAGE, MAP_ANONYMOUS, MAP_FIXED, MAP_PRIVATE, PAGE_SIZE, PROT_READ, PROT_WRITE, type Task } from "@hmmkit/core";
+import {
+  HmmError,
+  MADV_HUGEPAGE,
+  MAP_ANONYMOUS,
+  MAP_FIXED,
+  MAP_HUGETLB,
+  MAP_PRIVATE,
+  PAGE_SIZE,
+  PROT_READ,
+  PROT_WRITE,
+  type Task,
+} from "@hmmkit/core";
 import fc from "fast-check";
 import { describe, expect, it } from "vitest";
 import { Ctx } from "../src/dmirror/__tests__/fixture";
@@ -33,6 +48,8 @@ import {
 const RUNS = Number(process.env.HMMKIT_FC_RUNS ?? 40);
 const SEED = Number(process.env.HMMKIT_FC_SEED ?? 0x5eed);
 const NPG = 1536; // 6 MiB: 2 MiB of base pages, then 4 MiB under MADV_HUGEPAGE
+const HPG = 512; // then one 2 MiB HugeTLB page
+const TOT = NPG + HPG;
 const RW = PROT_READ | PROT_WRITE;
 
 type Op =
@@ -49,7 +66,12 @@ type Op =
   | { k: "release"; d: number };
 
 // PMD-aligned starts are common so whole THPs migrate (and then get partially unmapped, forked...).
-const page = fc.oneof(fc.integer({ min: 0, max: NPG - 1 }), fc.constantFrom(0, 512, 1024), fc.integer({ min: 0, max: NPG - 1 }));
+const page = fc.oneof(
+  fc.integer({ min: 0, max: NPG - 1 }),
+  fc.constantFrom(0, 512, 1024, NPG),
+  fc.integer({ min: 0, max: NPG - 1 }),
+  fc.integer({ min: NPG - 8, max: TOT - 1 }),
+);
 const count = fc.oneof(fc.integer({ min: 1, max: 16 }), fc.constant(512), fc.integer({ min: 1, max: NPG }));
 const task = fc.integer({ min: 0, max: 2 });
 const dev = fc.integer({ min: 0, max: 1 });
@@ -89,7 +111,7 @@ function pattern(s: number, v: number, p: number): Uint8Array {
 }
 
 async function runOps(coherent: boolean, ops: Op[]): Promise<void> {
-  const ctx = new Ctx({ ramMiB: 64, dmirror: { coherent, chunkPages: 1024 } });
+  const ctx = new Ctx({ ramMiB: 64, dmirror: { coherent, chunkPages: 1024 }, hugepages: 3 });
   const m = ctx.m;
   const units = coherent ? [2, 3] : [0, 1];
   const devices = units.map((u) => ctx.mod.devices[u]).filter((d) => d !== undefined);
@@ -105,15 +127,16 @@ async function runOps(coherent: boolean, ops: Op[]): Promise<void> {
   });
   const base = ctx.mmap(NPG * PAGE_SIZE, RW, MAP_PRIVATE | MAP_ANONYMOUS);
   ctx.t.mm.madvise(base + 512 * PAGE_SIZE, (NPG - 512) * PAGE_SIZE, MADV_HUGEPAGE);
+  ctx.t.mm.mmap(base + NPG * PAGE_SIZE, HPG * PAGE_SIZE, RW, MAP_PRIVATE | MAP_ANONYMOUS | MAP_HUGETLB | MAP_FIXED);
   const procs: (Proc | undefined)[] = [
-    { task: ctx.t, bytes: new Uint8Array(NPG * PAGE_SIZE), mapped: new Uint8Array(NPG).fill(1), files: [] },
+    { task: ctx.t, bytes: new Uint8Array(TOT * PAGE_SIZE), mapped: new Uint8Array(TOT).fill(1), files: [] },
   ];
   let stamp = 1;
   // Start with every page populated (THPs in the upper 4 MiB).
   {
     const p0 = procs[0] as Proc;
-    const data = new Uint8Array(NPG * PAGE_SIZE);
-    for (let p = 0; p < NPG; p++) data.set(pattern(stamp, 1, p), p * PAGE_SIZE);
+    const data = new Uint8Array(TOT * PAGE_SIZE);
+    for (let p = 0; p < TOT; p++) data.set(pattern(stamp, 1, p), p * PAGE_SIZE);
     await ctx.write(base, data);
     p0.bytes.set(data);
     stamp++;
@@ -156,7 +179,9 @@ async function runOps(coherent: boolean, ops: Op[]): Promise<void> {
     const pr = procs[op.t];
     if (pr === undefined) continue;
     const p = "p" in op ? op.p : 0;
-    const n = "n" in op ? Math.min(op.n, NPG - p) : 0;
+    const n = "n" in op ? Math.min(op.n, TOT - p) : 0;
+    // Whether the range reaches the HugeTLB mapping (migrations there are -EINVAL).
+    const huge = p + n > NPG;
     switch (op.k) {
       case "cpuWrite": {
         if (!allMapped(pr, p, n)) break;
@@ -216,7 +241,7 @@ async function runOps(coherent: boolean, ops: Op[]): Promise<void> {
       case "toDev": {
         const c = cmdFor(p, n);
         const ret = await fileOf(pr, op.d).ioctl(HMM_DMIRROR_MIGRATE_TO_DEV, c);
-        if (!allMapped(pr, p, n)) expect(ret, what).toBe(-22);
+        if (!allMapped(pr, p, n) || huge) expect(ret, what).toBe(-22);
         else if (ret === 0) {
           expect(c.cpages, what).toBe(n);
           expectBytes(c.ptr as Uint8Array, pr, p, n, what);
@@ -229,7 +254,7 @@ async function runOps(coherent: boolean, ops: Op[]): Promise<void> {
       case "toSys": {
         const c = cmdFor(p, n);
         const ret = await fileOf(pr, op.d).ioctl(HMM_DMIRROR_MIGRATE_TO_SYS, c);
-        if (!allMapped(pr, p, n)) expect(ret, what).toBe(-22);
+        if (!allMapped(pr, p, n) || huge) expect(ret, what).toBe(-22);
         else expect(ret, what).toBe(0);
         break;
       }
@@ -249,14 +274,18 @@ async function runOps(coherent: boolean, ops: Op[]): Promise<void> {
         break;
       }
       case "munmap": {
-        pr.task.mm.munmap(base + p * PAGE_SIZE, n * PAGE_SIZE);
-        pr.mapped.fill(0, p, p + n);
+        if (p >= NPG) break; // the anonymous part only
+        const a = Math.min(n, NPG - p);
+        pr.task.mm.munmap(base + p * PAGE_SIZE, a * PAGE_SIZE);
+        pr.mapped.fill(0, p, p + a);
         break;
       }
       case "remap": {
-        pr.task.mm.mmap(base + p * PAGE_SIZE, n * PAGE_SIZE, RW, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED);
-        pr.mapped.fill(1, p, p + n);
-        pr.bytes.fill(0, p * PAGE_SIZE, (p + n) * PAGE_SIZE);
+        if (p >= NPG) break;
+        const a = Math.min(n, NPG - p);
+        pr.task.mm.mmap(base + p * PAGE_SIZE, a * PAGE_SIZE, RW, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED);
+        pr.mapped.fill(1, p, p + a);
+        pr.bytes.fill(0, p * PAGE_SIZE, (p + a) * PAGE_SIZE);
         break;
       }
     }
@@ -264,10 +293,10 @@ async function runOps(coherent: boolean, ops: Op[]): Promise<void> {
   // Every mapped byte of every live process, through the CPU.
   for (const [i, pr] of procs.entries()) {
     if (pr === undefined) continue;
-    for (let p = 0; p < NPG; p++) {
+    for (let p = 0; p < TOT; p++) {
       if (!pr.mapped[p]) continue;
       let q = p;
-      while (q < NPG && pr.mapped[q]) q++;
+      while (q < TOT && pr.mapped[q]) q++;
       expectBytes(await m.mm.read(pr.task, base + p * PAGE_SIZE, (q - p) * PAGE_SIZE), pr, p, q - p, `final check of process ${i}`);
       p = q;
     }
@@ -298,6 +327,20 @@ describe.each([
   // Kept from HMMKIT_FC_SEED=11 (device_private): a whole device THP, partially unmapped (so it
   // is PTE-mapped), then a CPU write to a surviving page. Fails until the core splits the
   // faulting folio in migrate_vma collection (see the report: MigrateDevice.splitForCollect).
+  // A device mirror of a HugeTLB page shared after fork: the parent's CPU write copies the page,
+  // and the device must see the copy (hugetlb_wp's MMU_NOTIFY_CLEAR), not the child's page.
+  it("HugeTLB: a COW after fork invalidates the device's mirror", async () => {
+    await runOps(coherent, [
+      { k: "fork", t: 0 },
+      { k: "devRead", t: 0, d: 0, p: NPG, n: 4 },
+      { k: "cpuWrite", t: 0, p: NPG + 1, n: 1, v: 9 },
+      { k: "devRead", t: 0, d: 0, p: NPG, n: 4 },
+      { k: "devWrite", t: 1, d: 1, p: NPG + 2, n: 1, v: 3 },
+      { k: "toDev", t: 0, d: 0, p: NPG - 4, n: 8 },
+      { k: "cpuRead", t: 1, p: NPG, n: 4 },
+    ]);
+  });
+
   it("regression seed 11: partial munmap of a device THP, then a CPU write", async () => {
     await runOps(coherent, [
       { k: "toDev", t: 0, d: 0, p: 1024, n: 512 },
