@@ -387,39 +387,58 @@ export interface DmirrorOptions {
  * @see dmirror_device.free_pages, dmirror_device.free_folios
  */
 export class DevmemFreeList {
-  private items: number[] = [];
+  /** A ring of pfns (capacity a power of two), `n` of them from `head` on. */
+  private ring = new Float64Array(64);
   private head = 0;
+  private n = 0;
 
   /** Entries on the list. */
   get length(): number {
-    return this.items.length - this.head;
+    return this.n;
   }
 
   /** Put a free pfn at the tail. @param pfn - a free page or folio head. */
   push(pfn: number): void {
-    this.items.push(pfn);
+    if (this.n === this.ring.length) this.resize(this.ring.length * 2);
+    this.ring[(this.head + this.n) & (this.ring.length - 1)] = pfn;
+    this.n++;
   }
 
   /** Take the pfn at the head. @returns it, or undefined when the list is empty. */
   shift(): number | undefined {
-    if (this.head >= this.items.length) return undefined;
-    const p = this.items[this.head++] as number;
-    if (this.head >= 4096 && this.head * 2 >= this.items.length) {
-      this.items = this.items.slice(this.head);
-      this.head = 0;
-    }
+    if (this.n === 0) return undefined;
+    const p = this.ring[this.head] as number;
+    this.head = (this.head + 1) & (this.ring.length - 1);
+    this.n--;
     return p;
   }
 
   /** Keep only the entries `keep` accepts, in order. @param keep - predicate on a pfn. */
   retain(keep: (pfn: number) => boolean): void {
-    this.items = this.items.slice(this.head).filter(keep);
-    this.head = 0;
+    const old = this.ring;
+    const mask = old.length - 1;
+    let kept = 0;
+    for (let i = 0; i < this.n; i++) {
+      const p = old[(this.head + i) & mask] as number;
+      if (keep(p)) old[(this.head + kept++) & mask] = p;
+    }
+    this.n = kept;
   }
 
   /** Empty the list. */
   clear(): void {
-    this.items = [];
+    this.ring = new Float64Array(64);
+    this.head = 0;
+    this.n = 0;
+  }
+
+  /** Copy the entries, in order, into a ring of `cap` slots. */
+  private resize(cap: number): void {
+    const old = this.ring;
+    const mask = old.length - 1;
+    const ring = new Float64Array(cap);
+    for (let i = 0; i < this.n; i++) ring[i] = old[(this.head + i) & mask] as number;
+    this.ring = ring;
     this.head = 0;
   }
 }

@@ -2,7 +2,17 @@ import { describe, expect, it } from "vitest";
 import { DevmemFreeList } from "../test-hmm";
 
 describe("DevmemFreeList", () => {
-  it("hands pages out first in, first out, across its internal compaction", () => {
+  it("keeps first-in-first-out order when its ring wraps around and then grows", () => {
+    const l = new DevmemFreeList();
+    for (let p = 0; p < 50; p++) l.push(p);
+    for (let p = 0; p < 40; p++) expect(l.shift()).toBe(p);
+    for (let p = 50; p < 150; p++) l.push(p); // wraps past the end of the first ring, then grows it
+    expect(l.length).toBe(110);
+    for (let p = 40; p < 150; p++) expect(l.shift()).toBe(p);
+    expect(l.shift()).toBeUndefined();
+  });
+
+  it("hands pages out first in, first out, at scale", () => {
     const l = new DevmemFreeList();
     expect(l.shift()).toBeUndefined();
     for (let p = 0; p < 10000; p++) l.push(p);
