@@ -86,6 +86,7 @@ export class Hugetlb {
   /**
    * Whether `n` more pages can be reserved.
    * @param n - huge pages. @returns true if the free, unreserved pool pages cover them.
+   * @see hugetlb_acct_memory
    */
   canReserve(n: number): boolean {
     return this.free.length - this.resvHugepages >= n;

@@ -152,6 +152,7 @@ export class Vma {
    * Split off `right` (a slice of this VMA that starts where this one now ends): it takes the
    * hugetlb reservations of its range.
    * @param right - the new right part.
+   * @see hugetlb_vm_op_split, hugetlb_vm_op_open (the resv_map follows the split VMAs)
    */
   splitResvTo(right: Vma): void {
     if (this.hugetlbResv === undefined) return;
