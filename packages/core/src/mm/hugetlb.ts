@@ -35,6 +35,9 @@ import { VM, type Vma } from "./vma";
 /**
  * The HugeTLB pool of one machine and the fault, zap and fork paths of hugetlb mappings.
  * Reach it as `machine.mm.hugetlb`.
+ * @remarks Departure: one 2 MiB size, no surplus pages, private anonymous mappings only (no
+ * hugetlbfs files or MAP_SHARED), pool pages never migrate, and with the pool empty the owner's
+ * copy-on-write fault is SIGBUS (the kernel unmaps the page from the children instead).
  * @see struct hstate
  */
 export class Hugetlb {

@@ -319,6 +319,7 @@ export class Mm {
    * @param flags - MREMAP_MAYMOVE | MREMAP_FIXED | MREMAP_DONTUNMAP. @param newAddr - target with MREMAP_FIXED.
    * @returns the mapping's new address.
    * @throws HmmError EINVAL, EFAULT, ENOMEM as mremap(2).
+   * @remarks Departure: a hugetlb mapping is EINVAL (the kernel moves 2 MiB-aligned ones since 6.1).
    * @see mremap(2)
    */
   mremap(oldAddr: number, oldSize: number, newSize: number, flags: number, newAddr = 0): number {

@@ -30,8 +30,9 @@ import { MREMAP_DONTUNMAP, MREMAP_FIXED, MREMAP_MAYMOVE, TASK_SIZE, VM, type Vma
  * @returns the mapping's address after the call.
  * @throws HmmError EINVAL (unaligned address, zero size, unknown flags, FIXED or DONTUNMAP without
  *   MAYMOVE, DONTUNMAP with a size change or on shared memory, overlapping FIXED ranges, a hugetlb
- *   mapping), EFAULT
- *   (the old range is not inside one VMA), ENOMEM (cannot grow in place without MAYMOVE, or no gap).
+ *   mapping), EFAULT (the old range is not inside one VMA), ENOMEM (cannot grow in place without
+ *   MAYMOVE, or no gap).
+ * @remarks Departure: a hugetlb mapping is EINVAL (the kernel moves 2 MiB-aligned ones since 6.1).
  * @see SYSCALL_DEFINE5(mremap)
  */
 export function mremap(mm: Mm, oldAddr: number, oldSize: number, newSize: number, flags: number, newAddr = 0): number {

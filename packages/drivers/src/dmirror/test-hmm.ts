@@ -381,9 +381,9 @@ export interface DmirrorOptions {
 
 /**
  * A free list of device pfns (4 KiB pages or 2 MiB folio heads), first in first out: allocation
- * takes the page freed longest ago. The kernel's dmirror keeps a LIFO list; FIFO order gives a
- * migration that frees its pages in ascending order the same ascending pages back, so the next
- * migration's copies stay contiguous runs (see `DmirrorCopyList`), round after round.
+ * takes the page freed longest ago. Departure: the kernel's dmirror keeps a LIFO list; FIFO order
+ * gives a migration that frees its pages in ascending order the same ascending pages back, so the
+ * next migration's copies stay contiguous runs (see `DmirrorCopyList`), round after round.
  * @see dmirror_device.free_pages, dmirror_device.free_folios
  */
 export class DevmemFreeList {
