@@ -127,7 +127,8 @@ export class Contents {
   }
 
   /**
-   * Copy `n` whole pages (unchecked path). Source and destination runs may cross slabs.
+   * Copy `n` whole pages (unchecked path). Source and destination runs may cross slabs; the two
+   * ranges must not overlap (distinct pages, as for copy_highpage: the copy runs forward in pieces).
    * @param dstPfn - first destination page.
    * @param srcPfn - first source page.
    * @param n - number of pages.
