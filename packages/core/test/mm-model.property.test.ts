@@ -76,6 +76,10 @@ interface HBlock {
   page: HPage | undefined;
   /** The block still holds a pool reservation (the owner, before its first fault). */
   resv: boolean;
+  /** The task mmapped it (owns the reservations), rather than inheriting it by fork. */
+  readonly owner: boolean;
+  /** The owner took a page back from this task's VMA here: faults needing a page are SIGBUS. */
+  unmapped: boolean;
 }
 
 const FILE_PAGES = 1100;
@@ -252,6 +256,10 @@ export async function runScenario(sc: Scenario, stats?: Record<string, number>):
   const hugeFault = (t: MTask, pn: number, write: boolean): boolean => {
     const hb = t.hblocks.get(blockOf(pn)) as HBlock;
     if (hb.page === undefined) {
+      if (hb.unmapped) {
+        count("hugetlb.sigbus_unmapped");
+        return false;
+      }
       if (hb.resv) {
         hb.resv = false;
         pool.resv--;
@@ -263,6 +271,20 @@ export async function runScenario(sc: Scenario, stats?: Record<string, number>):
       hb.page = { data: new Uint8Array(TWO), mappers: 1 };
       count("hugetlb.fault");
       return true;
+    }
+    if (write && hb.page.mappers > 1 && pool.free - pool.resv <= 0 && hb.owner) {
+      // unmap_ref_private: the owner takes the page back from every forked mapping of it.
+      const addr = blockOf(pn);
+      for (const u of live) {
+        const ub = u.hblocks.get(addr);
+        if (u === t || ub === undefined || ub.owner || ub.page !== hb.page) continue;
+        ub.page = undefined;
+        hb.page.mappers--;
+        const v = u.task.mm.findVma(addr);
+        if (v === undefined) fail(`model: no VMA at 0x${addr.toString(16)} in pid ${u.task.pid}`);
+        for (const [a, b] of u.hblocks) if (a >= v.start && a < v.end) b.unmapped = true;
+      }
+      count("hugetlb.owner_takes_back");
     }
     if (write && hb.page.mappers > 1) {
       if (pool.free - pool.resv <= 0) {
@@ -484,7 +506,7 @@ export async function runScenario(sc: Scenario, stats?: Record<string, number>):
           const hblocks = new Map<number, HBlock>();
           for (const [a, hb] of t.hblocks) {
             if (hb.page) hb.page.mappers++;
-            hblocks.set(a, { page: hb.page, resv: false });
+            hblocks.set(a, { page: hb.page, resv: false, owner: false, unmapped: false });
           }
           live.push({ task: c, pages: new Map(t.pages), regions: [...t.regions], hblocks });
           break;
@@ -509,7 +531,7 @@ export async function runScenario(sc: Scenario, stats?: Record<string, number>):
           }
           const va = t.task.mm.mmap(0, len, op.prot, flags);
           pool.resv += op.huge;
-          for (let a = va; a < va + len; a += TWO) t.hblocks.set(a, { page: undefined, resv: true });
+          for (let a = va; a < va + len; a += TWO) t.hblocks.set(a, { page: undefined, resv: true, owner: true, unmapped: false });
           for (let pn = va / PAGE; pn < (va + len) / PAGE; pn++) {
             if (t.pages.has(pn)) fail(`${ctx}: mmap returned 0x${va.toString(16)}, overlapping a live mapping`);
             t.pages.set(pn, { prot: op.prot, hb: true });
@@ -679,6 +701,25 @@ describe("mm vs shadow model: regression scenarios", () => {
         { k: "write", who: 0, r: 0, off: 0, len: 1, seed: 5 },
         { k: "munmap", who: 0, r: 0, off: 0, len: 512, snap: true },
         { k: "exit", who: 1 },
+      ],
+    });
+  });
+
+  it("HugeTLB: with the pool empty the owner's COW takes the page back from the child, whose faults there are SIGBUS (unmap_ref_private)", async () => {
+    await runScenario({
+      thp: "never",
+      ramMiB: 48,
+      hugepages: 1,
+      init: [{ k: "mmaphuge", who: 0, huge: 1, prot: rw }],
+      ops: [
+        { k: "write", who: 0, r: 0, off: 0, len: 10, seed: 1 },
+        { k: "fork", who: 0 },
+        { k: "write", who: 0, r: 0, off: 100, len: 10, seed: 2 },
+        { k: "read", who: 1, r: 0, off: 0, len: 10 },
+        { k: "fork", who: 1 },
+        { k: "read", who: 2, r: 0, off: 0, len: 1 },
+        { k: "exit", who: 1 },
+        { k: "read", who: 0, r: 0, off: 0, len: 200 },
       ],
     });
   });

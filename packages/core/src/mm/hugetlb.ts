@@ -9,15 +9,15 @@
  * A private mapping reserves one pool page per 2 MiB at mmap time (ENOMEM when the pool cannot
  * cover it); the first fault of each 2 MiB consumes the owner's reservation, and unmapping gives
  * back the reservations not yet used. A forked child owns no reservations: its copy-on-write
- * faults take unreserved pages and get SIGBUS when there are none. Pages are mapped by PMD leaves
+ * faults take unreserved pages and get SIGBUS when there are none; when the owner's copy finds the
+ * pool empty, the owner takes the page back from the children (their later faults there are
+ * SIGBUS), as unmap_ref_private does. Pages are mapped by PMD leaves
  * (the x86 2 MiB hugetlb entry), read-only after a read fault and writable after a write fault;
  * a write to a page shared with a fork copies the whole 2 MiB page.
  *
  * Differences from the kernel, on purpose: only the default 2 MiB size; no surplus pages
  * (overcommit), no MAP_SHARED or hugetlbfs files, no MAP_NORESERVE; hugetlb pages do not migrate
  * (compaction, CMA and offlining treat them as unmovable); mremap of a hugetlb mapping is EINVAL;
- * when the pool is empty, the owner's copy-on-write fault is SIGBUS like anyone else's (the kernel
- * instead unmaps the page from the children, unmap_ref_private, which then SIGBUS on access);
  * MADV_DONTNEED does not give a dropped page's reservation back.
  *
  * @see mm/hugetlb.c, Documentation/admin-guide/mm/hugetlbpage.rst
@@ -36,8 +36,7 @@ import { VM, type Vma } from "./vma";
  * The HugeTLB pool of one machine and the fault, zap and fork paths of hugetlb mappings.
  * Reach it as `machine.mm.hugetlb`.
  * @remarks Departure: one 2 MiB size, no surplus pages, private anonymous mappings only (no
- * hugetlbfs files or MAP_SHARED), pool pages never migrate, and with the pool empty the owner's
- * copy-on-write fault is SIGBUS (the kernel unmaps the page from the children instead).
+ * hugetlbfs files or MAP_SHARED), and pool pages never migrate.
  * @see struct hstate
  */
 export class Hugetlb {
@@ -148,6 +147,9 @@ export class Hugetlb {
 
   /** First touch of a 2 MiB range: a zeroed pool page, read-only unless the fault writes. @see hugetlb_no_page */
   private noPage(mm: Mm, vma: Vma, haddr: number, write: boolean): number {
+    // The owner took a page back from this (forked) mapping: the kernel kills rather than
+    // silently hand out a zeroed page where data was.
+    if (vma.hugetlbUnmapped) return VM_FAULT.SIGBUS;
     const head = this.allocFolio(vma, haddr);
     if (head < 0) return VM_FAULT.SIGBUS;
     this.core.contents.clearPages(head, HPAGE_PMD_NR);
@@ -158,7 +160,12 @@ export class Hugetlb {
     return 0;
   }
 
-  /** A write to a read-only hugetlb PMD: reuse the page if only this mapping has it, else copy it. @see hugetlb_wp */
+  /**
+   * A write to a read-only hugetlb PMD: reuse the page if only this mapping has it, else copy it.
+   * When the pool has no page for the copy and this VMA owns the mapping's reservations, the page
+   * is taken back from the forked mappings (unmap_ref_private) and reused; anyone else gets SIGBUS.
+   * @see hugetlb_wp
+   */
   private wp(mm: Mm, vma: Vma, haddr: number, pmd: number): number {
     const core = this.core;
     const ps = core.pages;
@@ -169,7 +176,14 @@ export class Hugetlb {
       return 0;
     }
     const head = this.allocFolio(vma, haddr);
-    if (head < 0) return VM_FAULT.SIGBUS;
+    if (head < 0) {
+      if (vma.hugetlbResv === undefined) return VM_FAULT.SIGBUS;
+      this.unmapRefPrivate(vma, haddr, old);
+      if (core.rmap.entireMapcount(old) !== 1) return VM_FAULT.SIGBUS;
+      ps.flags[old] = (ps.flags[old] as number) | PG.anonExclusive;
+      mm.pt.setPmd(haddr, withBits(pmd, PTE.WRITE | PTE.DIRTY | PTE.YOUNG, 0));
+      return 0;
+    }
     core.contents.copyPages(head, old, HPAGE_PMD_NR);
     core.rmap.addNewAnon(head, vma.mapping, vma.pageIndex(haddr), true);
     // Mirrors of the old page (a device that hmm_range_fault-ed it) must drop it.
@@ -178,6 +192,30 @@ export class Hugetlb {
     core.rmap.setEntireMapcount(old, core.rmap.entireMapcount(old) - 1);
     core.refs.putPage(old);
     return 0;
+  }
+
+  /**
+   * Unmap `old` from every forked mapping of the owner's VMA at `haddr` and mark those VMAs so
+   * that a later fault there is SIGBUS.
+   * @see unmap_ref_private, HPAGE_RESV_UNMAPPED
+   */
+  private unmapRefPrivate(vma: Vma, haddr: number, old: number): void {
+    const obj = this.core.rmap.get(vma.mapping);
+    if (obj === undefined) return;
+    const index = vma.pageIndex(haddr);
+    for (const omm of obj.mms) {
+      for (const v of omm.vmas) {
+        // Other owners keep their pages (they own reservations); shared mappings do not exist here.
+        if (v === vma || v.mapping !== vma.mapping || !(v.flags & VM.HUGETLB) || v.hugetlbResv !== undefined) continue;
+        const a = v.addressOf(index);
+        if (a < v.start || a >= v.end) continue;
+        const pmd = omm.pt.getPmd(a);
+        if (pmd === 0 || (!isPresent(pmd) && swpType(pmd) !== 0) || entryPayload(pmd) !== old) continue;
+        v.hugetlbUnmapped = true;
+        mmuNotifyRange(omm, a, a + PMD_SIZE, MMU_NOTIFY.CLEAR);
+        this.zapPmd(omm, a, pmd);
+      }
+    }
   }
 
   /**
@@ -206,6 +244,7 @@ export class Hugetlb {
   copyRange(src: Mm, dst: Mm, vma: Vma, dvma: Vma): void {
     const core = this.core;
     const ps = core.pages;
+    dvma.hugetlbUnmapped = false; // hugetlb_dup_vma_private
     for (let haddr = vma.start; haddr < vma.end; haddr += PMD_SIZE) {
       const pmd = src.pt.getPmd(haddr);
       if (pmd === 0) continue;

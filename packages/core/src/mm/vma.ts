@@ -111,6 +111,12 @@ export class Vma {
    * @see HPAGE_RESV_OWNER, the resv_map of a private hugetlb mapping
    */
   hugetlbResv: Set<number> | undefined = undefined;
+  /**
+   * A forked hugetlb VMA from which the reservation owner took a page back (its COW found the pool
+   * empty): a fault that needs a new page here is SIGBUS. Kept across splits, not across fork.
+   * @see HPAGE_RESV_UNMAPPED
+   */
+  hugetlbUnmapped = false;
 
   /**
    * @param start - first byte (page aligned).
@@ -172,6 +178,7 @@ export class Vma {
   slice(start: number, end: number): Vma {
     const v = new Vma(start, end, this.flags, this.mapping, this.pgoff + Math.floor((start - this.start) / 4096));
     v.file = this.file;
+    v.hugetlbUnmapped = this.hugetlbUnmapped;
     return v;
   }
 }

@@ -194,6 +194,42 @@ describe("MAP_HUGETLB mappings", () => {
     m.mm.exit(t);
   });
 
+  it("the owner's COW with the pool empty takes the page back from the child, whose faults there are then SIGBUS", async () => {
+    const m = boot({ ramMiB: [32], hugepages: 1 });
+    const h = m.mm.hugetlb;
+    const t = m.mm.spawn();
+    const va = t.mm.mmap(0, TWO, RW, HUGE);
+    await m.mm.write(t, va, new Uint8Array([1]));
+    const p = mapping(t, va)!.pfn;
+    const c = m.mm.fork(t);
+    const seen: number[] = [];
+    const sub = mmuIntervalNotifierInsert(c.mm, va, TWO, {
+      invalidate(s, range, seq) {
+        seen.push(range.event);
+        mmuIntervalSetSeq(s, seq);
+        return true;
+      },
+    });
+    expect(h.freeHugepages).toBe(0);
+    await m.mm.write(t, va + 1, new Uint8Array([2])); // owner: no page to copy into
+    expect(mapping(t, va)).toMatchObject({ pfn: p, write: true });
+    expect(mapping(c, va)).toBeUndefined();
+    expect(seen).toContain(MMU_NOTIFY.CLEAR);
+    expect(c.mm.findVma(va)!.hugetlbUnmapped).toBe(true);
+    expect(c.mm.hugetlbUsage).toBe(0);
+    expect(m.pages.refcount[p]).toBe(1);
+    expect((await rejection(m.mm.read(c, va, 1))).code).toBe("EFAULT");
+    // A fork of the child starts clean (no HPAGE_RESV_UNMAPPED), but the pool is still empty.
+    const g = m.mm.fork(c);
+    expect(g.mm.findVma(va)!.hugetlbUnmapped).toBe(false);
+    expect(Array.from(await m.mm.read(t, va, 2))).toEqual([1, 2]);
+    mmuIntervalNotifierRemove(sub);
+    m.mm.exit(g);
+    m.mm.exit(c);
+    m.mm.exit(t);
+    expect(h.freeHugepages).toBe(1);
+  });
+
   it("fork copies a DMA-pinned huge page for the child at once (the parent keeps it writable); no page is ENOMEM", async () => {
     const m = boot({ ramMiB: [32], hugepages: 2 });
     const h = m.mm.hugetlb;
