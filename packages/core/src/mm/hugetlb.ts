@@ -170,22 +170,19 @@ export class Hugetlb {
     const core = this.core;
     const ps = core.pages;
     const old = entryPayload(pmd);
-    if (core.rmap.entireMapcount(old) === 1) {
+    const reuse = () => {
       ps.flags[old] = (ps.flags[old] as number) | PG.anonExclusive;
       mm.pt.setPmd(haddr, withBits(pmd, PTE.WRITE | PTE.DIRTY | PTE.YOUNG, 0));
       return 0;
-    }
-    const head = this.allocFolio(vma, haddr);
+    };
+    if (core.rmap.entireMapcount(old) === 1) return reuse();
+    const head = this.copyFolio(vma, haddr, old);
     if (head < 0) {
+      // The owner takes the page back from its children and reuses it; anyone else is SIGBUS.
       if (vma.hugetlbResv === undefined) return VM_FAULT.SIGBUS;
       this.unmapRefPrivate(vma, haddr, old);
-      if (core.rmap.entireMapcount(old) !== 1) return VM_FAULT.SIGBUS;
-      ps.flags[old] = (ps.flags[old] as number) | PG.anonExclusive;
-      mm.pt.setPmd(haddr, withBits(pmd, PTE.WRITE | PTE.DIRTY | PTE.YOUNG, 0));
-      return 0;
+      return core.rmap.entireMapcount(old) === 1 ? reuse() : VM_FAULT.SIGBUS;
     }
-    core.contents.copyPages(head, old, HPAGE_PMD_NR);
-    core.rmap.addNewAnon(head, vma.mapping, vma.pageIndex(haddr), true);
     // Mirrors of the old page (a device that hmm_range_fault-ed it) must drop it.
     mmuNotifyRange(mm, haddr, haddr + PMD_SIZE, MMU_NOTIFY.CLEAR);
     mm.pt.setPmd(haddr, mkPte(head, true) + PTE.HUGE + PTE.YOUNG + PTE.DIRTY);
@@ -251,10 +248,8 @@ export class Hugetlb {
       if (!isPresent(pmd) && swpType(pmd) !== 0) continue;
       const head = entryPayload(pmd);
       if (core.forker.maybeDmaPinned(head)) {
-        const np = this.allocFolio(dvma, haddr);
+        const np = this.copyFolio(dvma, haddr, head);
         if (np < 0) throw core.enomem("fork: no huge page to copy a pinned hugetlb page");
-        core.contents.copyPages(np, head, HPAGE_PMD_NR);
-        core.rmap.addNewAnon(np, dvma.mapping, dvma.pageIndex(haddr), true);
         const w = (dvma.flags & VM.WRITE) !== 0 && isWrite(pmd);
         dst.pt.setPmd(haddr, mkPte(np, w) + PTE.HUGE + PTE.DIRTY);
       } else {
@@ -285,6 +280,15 @@ export class Hugetlb {
     ps.flags[head] = PG.head | PG.hugetlb;
     if (this.nrHugepages > this.target && this.free.length >= this.resvHugepages) this.dissolve(head);
     else this.free.push(head);
+  }
+
+  /** A new page for `vma` at `haddr` holding a copy of `old`, rmapped but not mapped; -1 if the pool has none. */
+  private copyFolio(vma: Vma, haddr: number, old: number): number {
+    const head = this.allocFolio(vma, haddr);
+    if (head < 0) return -1;
+    this.core.contents.copyPages(head, old, HPAGE_PMD_NR);
+    this.core.rmap.addNewAnon(head, vma.mapping, vma.pageIndex(haddr), true);
+    return head;
   }
 
   /** Take a page for `vma` at `haddr`: its reservation if it holds one, else an unreserved one; -1 if none. */

@@ -280,15 +280,7 @@ export class Mm {
           const s = Math.max(addr, v.start);
           if (s % PMD_SIZE !== 0) einval("addr", `2 MiB aligned where a hugetlb mapping starts for MADV_DONTNEED, got 0x${s.toString(16)}`);
         }
-        mmuNotifyRange(this, addr, end, MMU_NOTIFY.CLEAR);
-        for (const v of this.vmasIn(addr, end)) {
-          const hugeV = (v.flags & VM.HUGETLB) !== 0;
-          const e = Math.min(end, v.end);
-          this.core.fault.zapRange(this, v, Math.max(addr, v.start), hugeV ? e - (e % PMD_SIZE) : e);
-        }
-        return;
-      }
-      this.checkHugetlbEdges(addr, end);
+      } else this.checkHugetlbEdges(addr, end);
     }
     if (advice === MADV_COLLAPSE) {
       this.madviseCollapse(addr, end);
@@ -299,9 +291,11 @@ export class Mm {
     if (advice === MADV_DONTNEED || advice === MADV_FREE) {
       // MADV_FREE frees lazily in the kernel; with no reclaim pass between, hmmkit frees at once,
       // which is what a later reclaim would do to the clean pages.
+      // A hugetlb VMA drops whole huge pages only: its end is rounded down.
       mmuNotifyRange(this, addr, end, MMU_NOTIFY.CLEAR);
       for (const v of this.vmasIn(addr, end)) {
-        this.core.fault.zapRange(this, v, Math.max(addr, v.start), Math.min(end, v.end));
+        const e = Math.min(end, v.end);
+        this.core.fault.zapRange(this, v, Math.max(addr, v.start), v.flags & VM.HUGETLB ? e - (e % PMD_SIZE) : e);
       }
       return;
     }
