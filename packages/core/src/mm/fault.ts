@@ -355,11 +355,7 @@ export class FaultHandler {
   zapRange(mm: Mm, vma: Vma, start: number, end: number): void {
     const pt = mm.pt;
     if (vma.flags & VM.HUGETLB) {
-      // Whole 2 MiB pages only: the callers keep hugetlb ranges aligned.
-      for (let va = start; va < end; va += PMD_SIZE) {
-        const pmd = pt.getPmd(va);
-        if (pmd !== 0) this.core.hugetlb.zapPmd(mm, va, pmd);
-      }
+      this.core.hugetlb.zapRange(mm, start, end);
       return;
     }
     this.core.thpRes.releaseRange(mm, start, end);

@@ -216,6 +216,18 @@ export class Hugetlb {
   }
 
   /**
+   * Remove every hugetlb PMD in `[start, end)` (2 MiB aligned: the callers keep hugetlb ranges so).
+   * @param mm - address space. @param start - first byte. @param end - one past last.
+   * @see unmap_hugepage_range
+   */
+  zapRange(mm: Mm, start: number, end: number): void {
+    for (let va = start; va < end; va += PMD_SIZE) {
+      const pmd = mm.pt.getPmd(va);
+      if (pmd !== 0) this.zapPmd(mm, va, pmd);
+    }
+  }
+
+  /**
    * Remove a hugetlb PMD and release its page (to the pool once the last reference goes).
    * @param mm - address space. @param haddr - 2 MiB aligned address. @param pmd - the entry.
    * @see __unmap_hugepage_range
