@@ -69,7 +69,11 @@ function resolveGroups(platform: Platform, g: NouveauOptions["ownerGroups"]): nu
       while (stack.length > 0) {
         const a = stack.pop() as number;
         comp.push(a);
-        for (let b = 0; b < n; b++) if (!seen[b] && linked(a, b)) (seen[b] = 1), stack.push(b);
+        for (let b = 0; b < n; b++) {
+          if (seen[b] || !linked(a, b)) continue;
+          seen[b] = 1;
+          stack.push(b);
+        }
       }
       comp.sort((x, y) => x - y);
       if (comp.length > 1 && clique(comp)) out.push(comp);
