@@ -10,12 +10,14 @@
  *
  * The to-device half is the migration of MIGRATE_TO_DEV without its verification bounce read
  * (`DmirrorFile.migrateRangeToDevice`); the to-system half is the MIGRATE_TO_SYS command. Each
- * direction's GiB/s is reported too. Fifteen round trips after two warm-up ones (the JIT settles
- * over the first rounds), each paired with a memcpy timed right before it; the ratio is the median
- * of the fifteen paired ratios (and the GiB/s the medians), so a slow or fast phase of a shared
+ * direction's GiB/s is reported too. Thirty-one round trips after two warm-up ones (the JIT
+ * settles over the first rounds), each paired with a memcpy timed right before it; the ratio is
+ * the median of the paired ratios (and the GiB/s the medians), so a slow or fast phase of a shared
  * host moves numerator and denominator together. On the 2-vCPU development host the paired ratios
- * of one run spread over about ±12%, and the median of a whole run still moves by about ±6% from
- * run to run (host phases longer than a run).
+ * of one run spread over about ±12%, and the migration's own speed drifts by up to 20% over tens of
+ * seconds while memcpy's does not (a fresh machine in the same process reads as differently as a
+ * new process), so the median of a whole run still moves by several percent; thirty-one rounds
+ * (about 12 s for THP, 25 s for 4 KiB) average over more of that drift than the fifteen before.
  *
  * @see tools/testing/selftests/mm/hmm-tests.c (benchmark_thp_migration)
  */
@@ -27,7 +29,7 @@ import { DmirrorModule, HMM_DMIRROR_MIGRATE_TO_SYS, type HmmDmirrorCmd } from ".
 const GIB = 1024 * 1024 * 1024;
 const BYTES = Number(process.env.HMMKIT_BENCH_MIGRATE_BYTES ?? GIB);
 const NPAGES = BYTES / PAGE_SIZE;
-const ROUNDS = 15;
+const ROUNDS = 31;
 const WARMUP = 2;
 
 /**

@@ -79,6 +79,18 @@ describe("Contents", () => {
     for (let i = 0; i < 11; i++) expect(readPage(c, 250 + i)).toEqual(pattern(i));
   });
 
+  it("copyPages of runs longer than one host memmove piece moves every page (a 2 MiB folio, an unaligned 600-page run)", () => {
+    const { c } = setup();
+    for (let i = 0; i < 600; i++) c.write(3 + i, 0, pattern(i));
+    c.copyPages(1024, 3, 512); // folio-sized: two slabs, several pieces each
+    for (let i = 0; i < 512; i++) expect(readPage(c, 1024 + i)).toEqual(pattern(i));
+    c.write(1023, 0, pattern(700));
+    c.copyPages(1100, 3, 600); // pieces end at slab edges at a different phase on each side
+    for (let i = 0; i < 600; i++) expect(readPage(c, 1100 + i)).toEqual(pattern(i));
+    expect(readPage(c, 1023)).toEqual(pattern(700));
+    expect(c.isZero(1700)).toBe(true);
+  });
+
   it("copyPages from unbacked pages zeroes the destination without backing the source", () => {
     const { c } = setup();
     for (let i = 0; i < 4; i++) c.write(10 + i, 0, pattern(i));
