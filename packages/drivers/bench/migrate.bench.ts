@@ -14,8 +14,8 @@
  * settles over the first rounds), each paired with a memcpy timed right before it; the ratio is
  * the median of the paired ratios (and the GiB/s the medians), so a slow or fast phase of a shared
  * host moves numerator and denominator together. On the 2-vCPU development host the paired ratios
- * of one run spread over about ±12%, and the migration's own speed drifts by up to 20% over tens of
- * seconds while memcpy's does not (a fresh machine in the same process reads as differently as a
+ * of one run spread over about ±12%, and the migration's own speed has drifted by 20-25% over tens
+ * of seconds while memcpy's held (a fresh machine in the same process reads as differently as a
  * new process), so the median of a whole run still moves by several percent; thirty-one rounds
  * (about 12 s for THP, 25 s for 4 KiB) average over more of that drift than the fifteen before.
  *
