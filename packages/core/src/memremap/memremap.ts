@@ -297,15 +297,14 @@ export class Memremap {
     ps.mapping[head] = 0;
     ps.index[head] = 0;
     if (n === 1) {
-      ps.flags[head] = PG.zoneDevice;
+      ps.flags[head] = PG.zoneDevice | PG.locked;
     } else {
       // prep_compound_page on freshly initialised pages: head, then tails.
-      ps.flags[head] = PG.zoneDevice | PG.head;
+      ps.flags[head] = PG.zoneDevice | PG.head | PG.locked;
       ps.flags.fill(PG.zoneDevice | PG.tail, head + 1, head + n);
       ps.order.fill(order, head, head + n);
     }
     ps.refcount[head] = 1;
-    ps.flags[head] = (ps.flags[head] as number) | PG.locked;
   }
 
   /**

@@ -470,8 +470,9 @@ export class MigrateDevice {
     let t = mm.pt.pteTable(a);
     let n = args.npages;
     let cpages = args.cpages;
+    // The entry's index in the PTE table, advanced with addr.
+    let idx = (a / PAGE_SIZE) & (PTRS_PER_PTE - 1);
     for (let addr = a; addr < b; ) {
-      const idx = (addr / PAGE_SIZE) & (PTRS_PER_PTE - 1);
       const e = t === undefined ? 0 : (t[idx] as number);
       if (e === 0) {
         let mpfn = 0;
@@ -482,6 +483,7 @@ export class MigrateDevice {
         dst[n] = 0;
         src[n++] = mpfn;
         addr += PAGE_SIZE;
+        idx++;
         continue;
       }
       const present = (e & PTE.PRESENT) !== 0;
@@ -499,6 +501,7 @@ export class MigrateDevice {
         src[n++] = MIGRATE_PFN.MIGRATE;
         cpages++;
         addr += PAGE_SIZE;
+        idx++;
         continue;
       } else if (!((ps.flags[page] as number) & PG.zoneDevice)) select = selSystem && page !== zeroPfn;
       else {
@@ -519,6 +522,7 @@ export class MigrateDevice {
         dst[n] = 0;
         src[n++] = 0;
         addr += PAGE_SIZE;
+        idx++;
         continue;
       }
       // folio_get + folio_trylock; on success the mapping's reference becomes the collect
@@ -531,6 +535,7 @@ export class MigrateDevice {
         dst[n] = 0;
         src[n++] = 0;
         addr += PAGE_SIZE;
+        idx++;
         continue;
       }
       const write = (e & PTE.WRITE) !== 0;
@@ -545,6 +550,7 @@ export class MigrateDevice {
       dst[n] = 0;
       src[n++] = migratePfn(page) + MIGRATE_PFN.MIGRATE + (write ? MIGRATE_PFN.WRITE : 0);
       addr += PAGE_SIZE;
+      idx++;
     }
     args.npages = n;
     args.cpages = cpages;
@@ -1054,8 +1060,12 @@ export class MigrateDevice {
     // from if that VMA still covers it (else the one covering it now; none if unmapped meanwhile).
     const mm = migrate?.mm;
     const vma = migrate !== undefined && mm !== undefined && !mm.dead && mm.vmas.includes(migrate.vma) ? migrate.vma : undefined;
-    let tablePmd = -1;
+    // The PTE table of the entries [tableFrom, tableEnd): looked up again past its end (or after a
+    // walk that may have split a PMD, which sets tableEnd to 0).
     let table: Float64Array | undefined;
+    let tableFrom = 0;
+    let tableEnd = 0;
+    let tableIdx = 0;
     let ok = 0;
     let failed = 0;
     for (let i = 0; i < npages; i++) {
@@ -1091,12 +1101,13 @@ export class MigrateDevice {
       const copied = this.copiedEntries.size !== 0 && this.copiedEntries.delete(srcHead);
       if (sole !== undefined && mm !== undefined && sole[i] === 1 && n === 1 && !copied) {
         const va = (migrate as MigrateVma).start + i * PAGE_SIZE;
-        const pmdNo = Math.floor(va / PMD_SIZE);
-        if (pmdNo !== tablePmd) {
+        if (i >= tableEnd) {
           table = mm.pt.pteTable(va);
-          tablePmd = pmdNo;
+          tableIdx = (va / PAGE_SIZE) & (PTRS_PER_PTE - 1);
+          tableFrom = i;
+          tableEnd = i + PTRS_PER_PTE - tableIdx;
         }
-        const idx = (va / PAGE_SIZE) & (PTRS_PER_PTE - 1);
+        const idx = tableIdx + (i - tableFrom);
         const e = table === undefined ? 0 : (table[idx] as number);
         if (e === 0)
           restored = true; // unmapped meanwhile: nothing to restore
@@ -1112,7 +1123,7 @@ export class MigrateDevice {
       }
       if (!restored) {
         this.removeMigrationPtes(srcHead, dstHead);
-        tablePmd = -1; // the walk may have split a PMD: look the table up again
+        tableEnd = 0; // the walk may have split a PMD: look the table up again
       }
       if (srcHead !== faultFolio) refs.unlockPage(srcHead);
       refs.putPage(srcHead);

@@ -47,13 +47,21 @@ export class Lru {
     private readonly nodeOf: (pfn: number) => number,
   ) {}
 
+  /** The zone id of the last lookup and its lruvec (a zone never changes node; lookups come in runs). */
+  private lastZone = -1;
+  private lastVec: LruVec | undefined;
+
   private vec(pfn: number): LruVec {
+    const zone = this.pages.zone[pfn] as number;
+    if (zone === this.lastZone) return this.lastVec as LruVec;
     const nid = Math.max(0, this.nodeOf(pfn));
     let v = this.vecs[nid];
     if (v === undefined) {
       while (this.vecs.length <= nid) this.vecs.push(new LruVec());
       v = this.vecs[nid] as LruVec;
     }
+    this.lastZone = zone;
+    this.lastVec = v;
     return v;
   }
 

@@ -466,6 +466,8 @@ export class DmirrorDevice {
    */
   readonly devmemOps: DevPagemapOps;
   private readonly byPgmap = new Map<number, DmirrorChunk>();
+  /** The chunk {@link DmirrorDevice.chunkOf} found last (cleared when a chunk is removed). */
+  private lastChunk: DmirrorChunk | undefined;
   private readonly files = new Set<DmirrorFile>();
 
   /**
@@ -534,8 +536,14 @@ export class DmirrorDevice {
    * @see dmirror_page_to_chunk
    */
   chunkOf(pfn: number): DmirrorChunk | undefined {
+    // The kernel's container_of on the page's pgmap is O(1); the last chunk found answers the
+    // runs of lookups a migration makes without the pgmap and map lookups.
+    const last = this.lastChunk;
+    if (last !== undefined && pfn >= last.pagemap.startPfn && pfn < last.pagemap.endPfn) return last;
     const pg = this.machine.memremap.pgmapOf(pfn);
-    return pg === undefined ? undefined : this.byPgmap.get(pg.id);
+    const c = pg === undefined ? undefined : this.byPgmap.get(pg.id);
+    if (c !== undefined) this.lastChunk = c;
+    return c;
   }
 
   /**
@@ -768,6 +776,7 @@ export class DmirrorDevice {
       this.evictChunk(chunk);
       m.memremap.memunmapPages(chunk.pagemap);
       this.byPgmap.delete(chunk.pagemap.id);
+      this.lastChunk = undefined;
     }
     this.chunks = [];
     this.freePages.clear();
@@ -1332,7 +1341,8 @@ export class DmirrorFile implements MmapFile {
         i++;
         continue;
       }
-      const order = Math.log2(ps.folioNrPages(ps.compoundHead(spage)));
+      const shead = ps.compoundHead(spage);
+      const order = (ps.flags[shead] as number) & PG.head ? (ps.order[shead] as number) : 0;
       const n = 1 << order;
       let d = order ? MIGRATE_PFN.COMPOUND : 0;
       if (hasF(s, MIGRATE_PFN.WRITE)) d += MIGRATE_PFN.WRITE;
