@@ -1068,6 +1068,8 @@ export class MigrateDevice {
     let tableIdx = 0;
     let ok = 0;
     let failed = 0;
+    // Nothing in this loop adds to copiedEntries: when it starts empty it stays so.
+    const anyCopied = this.copiedEntries.size !== 0;
     for (let i = 0; i < npages; i++) {
       // migratePfnToPfn, by hand: this loop runs once per page.
       const dm = dst[i] as number;
@@ -1098,7 +1100,7 @@ export class MigrateDevice {
       // Fast path: the page had one mapping, at the address it was collected from (no fork copied
       // its migration entry since); otherwise walk the rmap as remove_migration_ptes does.
       let restored = false;
-      const copied = this.copiedEntries.size !== 0 && this.copiedEntries.delete(srcHead);
+      const copied = anyCopied && this.copiedEntries.delete(srcHead);
       if (sole !== undefined && mm !== undefined && sole[i] === 1 && n === 1 && !copied) {
         const va = (migrate as MigrateVma).start + i * PAGE_SIZE;
         if (i >= tableEnd) {

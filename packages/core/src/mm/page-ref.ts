@@ -96,11 +96,8 @@ export class PageRefs {
     if (f & PG.lru) this.lru.del(head);
     const order = f & PG.head ? (ps.order[head] as number) : 0;
     if (f & PG.anon) this.vmstat.c.nr_anon_pages -= 1 << order;
-    // mapcount of every page must be 0; the entire mapcount slot is the first tail's pincount.
-    if (order > 0) ps.pincount[head + 1] = 0;
-    ps.flags[head] =
-      (ps.flags[head] as number) &
-      ~(PG.anon | PG.swapbacked | PG.anonExclusive | PG.isolated | PG.dirty | PG.referenced | PG.uptodate | PG.active);
+    // freePages clears the flags, the head's fields and the entire mapcount slot (head + 1's pin
+    // count) after checking that nothing that must be clear (locked, lru, mapcount) is set.
     this.alloc.freePages(head, order, true);
   }
 
