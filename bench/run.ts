@@ -3,7 +3,9 @@
  * table, and merge the results into `bench/results.json`.
  *
  * Modules are `packages/<pkg>/bench/*.bench.ts` and `bench/*.bench.ts`; each exports
- * `run(): Promise<BenchResult[]>` (see bench/lib.ts). Filters are substrings of the module path
+ * `run(): Promise<BenchResult[]>` (see bench/lib.ts) and runs in a process of its own
+ * (`bench/module-child.ts` through `runFresh`), so that no module inherits the heap, the garbage or
+ * the JIT state of the ones before it: a module's numbers do not depend on which others ran. Filters are substrings of the module path
  * relative to the repository root (any one matching selects the module). Ids that were not re-run
  * keep their stored values. `--check` exits 1 when a result misses its target (bench/targets.json);
  * a module that throws always makes the run exit 1, after the other modules' results are saved.
@@ -11,7 +13,6 @@
 import { existsSync, readdirSync, writeFileSync } from "node:fs";
 import path from "node:path";
 import process from "node:process";
-import { pathToFileURL } from "node:url";
 import {
   type BenchTarget,
   formatTarget,
@@ -24,7 +25,10 @@ import {
   type StoredResult,
   serializeResults,
 } from "./format.mjs";
-import { type BenchResult, REPO_ROOT, secondsSince } from "./lib";
+import { type BenchResult, REPO_ROOT, runFresh, secondsSince } from "./lib";
+
+/** A module that runs longer than this is killed and counted as failed. */
+const MODULE_TIMEOUT_MS = 20 * 60 * 1000;
 
 function discover(root: string): string[] {
   const found: string[] = [];
@@ -79,10 +83,7 @@ async function main(): Promise<number> {
     process.stdout.write(`bench: ${mod} ... `);
     const t0 = process.hrtime.bigint();
     try {
-      const m = (await import(pathToFileURL(path.join(REPO_ROOT, mod)).href)) as { run?: unknown };
-      if (typeof m.run !== "function") throw new Error(`${mod} does not export run()`);
-      const out = (await (m.run as () => Promise<unknown>)()) as unknown;
-      if (!Array.isArray(out)) throw new Error(`${mod}: run() must resolve to an array`);
+      const out: unknown[] = await runFresh("bench/module-child.ts", { args: [mod], timeoutMs: MODULE_TIMEOUT_MS });
       const rs = out.map((r) => validate(mod, r));
       for (const r of rs) {
         if (fresh.some((f) => f.id === r.id)) throw new Error(`${mod}: id ${r.id} reported twice`);
