@@ -1070,70 +1070,76 @@ export class MigrateDevice {
     let failed = 0;
     // Nothing in this loop adds to copiedEntries: when it starts empty it stays so.
     const anyCopied = this.copiedEntries.size !== 0;
-    for (let i = 0; i < npages; i++) {
-      // migratePfnToPfn, by hand: this loop runs once per page.
-      const dm = dst[i] as number;
-      const sm = src[i] as number;
-      if (sm === 0 && dm === 0) continue; // not collected, no destination (e.g. a COMPOUND entry's tail)
-      const newpage = dm & MIGRATE_PFN.VALID ? Math.floor(dm / 64) : -1;
-      const page = sm & MIGRATE_PFN.VALID ? Math.floor(sm / 64) : -1;
-      let dstHead = newpage >= 0 ? ps.compoundHead(newpage) : -1;
-      if (page < 0) {
-        if (dstHead >= 0) {
-          refs.unlockPage(dstHead);
-          refs.putPage(dstHead);
+    // The sources' frees reach the buddy allocator together at the end (see beginFreeBatch).
+    core.alloc.beginFreeBatch();
+    try {
+      for (let i = 0; i < npages; i++) {
+        // migratePfnToPfn, by hand: this loop runs once per page.
+        const dm = dst[i] as number;
+        const sm = src[i] as number;
+        if (sm === 0 && dm === 0) continue; // not collected, no destination (e.g. a COMPOUND entry's tail)
+        const newpage = dm & MIGRATE_PFN.VALID ? Math.floor(dm / 64) : -1;
+        const page = sm & MIGRATE_PFN.VALID ? Math.floor(sm / 64) : -1;
+        let dstHead = newpage >= 0 ? ps.compoundHead(newpage) : -1;
+        if (page < 0) {
+          if (dstHead >= 0) {
+            refs.unlockPage(dstHead);
+            refs.putPage(dstHead);
+          }
+          continue;
         }
-        continue;
-      }
-      const srcHead = ps.compoundHead(page);
-      const n = ps.folioNrPages(srcHead);
-      if (!hasF(src[i] as number, MIGRATE_PFN.MIGRATE) || dstHead < 0) {
-        if (dstHead >= 0) {
-          refs.unlockPage(dstHead);
-          refs.putPage(dstHead);
-        }
-        dstHead = srcHead;
-        failed += n;
-      } else ok += n;
-      const dstDevice = ((ps.flags[dstHead] as number) & PG.zoneDevice) !== 0;
-      if (!dstDevice) core.lru.add(dstHead);
-      // Fast path: the page had one mapping, at the address it was collected from (no fork copied
-      // its migration entry since); otherwise walk the rmap as remove_migration_ptes does.
-      let restored = false;
-      const copied = anyCopied && this.copiedEntries.delete(srcHead);
-      if (sole !== undefined && mm !== undefined && sole[i] === 1 && n === 1 && !copied) {
-        const va = (migrate as MigrateVma).start + i * PAGE_SIZE;
-        if (i >= tableEnd) {
-          table = mm.pt.pteTable(va);
-          tableIdx = (va / PAGE_SIZE) & (PTRS_PER_PTE - 1);
-          tableFrom = i;
-          tableEnd = i + PTRS_PER_PTE - tableIdx;
-        }
-        const idx = tableIdx + (i - tableFrom);
-        const e = table === undefined ? 0 : (table[idx] as number);
-        if (e === 0)
-          restored = true; // unmapped meanwhile: nothing to restore
-        else if (swpType(e) === SWP.MIGRATION && entryPayload(e) === srcHead) {
-          const v = vma !== undefined && va >= vma.start && va < vma.end ? vma : mm.findVma(va);
-          if (v !== undefined) {
-            const dstPrivate = dstDevice && core.memremap.pgmapOf(dstHead)?.type === MEMORY_DEVICE_PRIVATE;
-            (table as Float64Array)[idx] = this.restoredEntry(e, v, dstHead, dstPrivate);
-            this.mapRestored(mm, dstHead, dstPrivate);
-            restored = true;
+        const srcHead = ps.compoundHead(page);
+        const n = ps.folioNrPages(srcHead);
+        if (!hasF(src[i] as number, MIGRATE_PFN.MIGRATE) || dstHead < 0) {
+          if (dstHead >= 0) {
+            refs.unlockPage(dstHead);
+            refs.putPage(dstHead);
+          }
+          dstHead = srcHead;
+          failed += n;
+        } else ok += n;
+        const dstDevice = ((ps.flags[dstHead] as number) & PG.zoneDevice) !== 0;
+        if (!dstDevice) core.lru.add(dstHead);
+        // Fast path: the page had one mapping, at the address it was collected from (no fork copied
+        // its migration entry since); otherwise walk the rmap as remove_migration_ptes does.
+        let restored = false;
+        const copied = anyCopied && this.copiedEntries.delete(srcHead);
+        if (sole !== undefined && mm !== undefined && sole[i] === 1 && n === 1 && !copied) {
+          const va = (migrate as MigrateVma).start + i * PAGE_SIZE;
+          if (i >= tableEnd) {
+            table = mm.pt.pteTable(va);
+            tableIdx = (va / PAGE_SIZE) & (PTRS_PER_PTE - 1);
+            tableFrom = i;
+            tableEnd = i + PTRS_PER_PTE - tableIdx;
+          }
+          const idx = tableIdx + (i - tableFrom);
+          const e = table === undefined ? 0 : (table[idx] as number);
+          if (e === 0)
+            restored = true; // unmapped meanwhile: nothing to restore
+          else if (swpType(e) === SWP.MIGRATION && entryPayload(e) === srcHead) {
+            const v = vma !== undefined && va >= vma.start && va < vma.end ? vma : mm.findVma(va);
+            if (v !== undefined) {
+              const dstPrivate = dstDevice && core.memremap.pgmapOf(dstHead)?.type === MEMORY_DEVICE_PRIVATE;
+              (table as Float64Array)[idx] = this.restoredEntry(e, v, dstHead, dstPrivate);
+              this.mapRestored(mm, dstHead, dstPrivate);
+              restored = true;
+            }
           }
         }
+        if (!restored) {
+          this.removeMigrationPtes(srcHead, dstHead);
+          tableEnd = 0; // the walk may have split a PMD: look the table up again
+        }
+        if (srcHead !== faultFolio) refs.unlockPage(srcHead);
+        refs.putPage(srcHead);
+        if (dstHead !== srcHead) {
+          refs.unlockPage(dstHead);
+          refs.putPage(dstHead);
+          if (n > 1) core.vmstat.c.thp_migration_success++;
+        } else if (n > 1) core.vmstat.c.thp_migration_fail++;
       }
-      if (!restored) {
-        this.removeMigrationPtes(srcHead, dstHead);
-        tableEnd = 0; // the walk may have split a PMD: look the table up again
-      }
-      if (srcHead !== faultFolio) refs.unlockPage(srcHead);
-      refs.putPage(srcHead);
-      if (dstHead !== srcHead) {
-        refs.unlockPage(dstHead);
-        refs.putPage(dstHead);
-        if (n > 1) core.vmstat.c.thp_migration_success++;
-      } else if (n > 1) core.vmstat.c.thp_migration_fail++;
+    } finally {
+      core.alloc.endFreeBatch();
     }
     core.vmstat.c.pgmigrate_success += ok;
     core.vmstat.c.pgmigrate_fail += failed;

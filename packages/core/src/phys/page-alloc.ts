@@ -117,6 +117,12 @@ export class PageAllocator {
   /** Hooks for reclaim/compaction; set by the mm layer. */
   hooks: AllocHooks = {};
   private inSlowPath = false;
+  /** Open {@link PageAllocator.beginFreeBatch} calls. */
+  private batchDepth = 0;
+  /** Frees queued while a batch is open: block heads, orders, count. */
+  private batchPfns = new Float64Array(512);
+  private batchOrders = new Uint8Array(512);
+  private batchN = 0;
 
   /**
    * @param pages - per-page state.
@@ -158,6 +164,7 @@ export class PageAllocator {
 
   /** Total free pages over all zones. */
   get nrFreePages(): number {
+    if (this.batchN !== 0) this.drainFreeBatch();
     let n = 0;
     for (const z of this.zones) n += z.freePages;
     return n;
@@ -183,6 +190,7 @@ export class PageAllocator {
     if (!Number.isInteger(order) || order < 0 || order > MAX_PAGE_ORDER) {
       einval("order", `an integer in 0..${MAX_PAGE_ORDER}, got ${order}`);
     }
+    if (this.batchN !== 0) this.drainFreeBatch();
     let pfn = this.tryZones(order, gfp, nid);
     if (pfn < 0 && !(gfp & GFP.NORETRY) && this.hooks.onAllocFail && !this.inSlowPath) {
       this.inSlowPath = true;
@@ -229,6 +237,7 @@ export class PageAllocator {
    * @see alloc_contig_range (isolate_freepages_range)
    */
   allocRange(pfn: number, order: number, gfp = 0): boolean {
+    if (this.batchN !== 0) this.drainFreeBatch();
     const n = 1 << order;
     const z = this.zones[this.pages.zone[pfn] as number];
     if (z === undefined || !z.contains(pfn) || !z.contains(pfn + n - 1)) return false;
@@ -258,6 +267,7 @@ export class PageAllocator {
    * @returns true if free. @see PageBuddy, page_is_buddy
    */
   isFree(pfn: number): boolean {
+    if (this.batchN !== 0) this.drainFreeBatch();
     return this.freeBlockOf(pfn) >= 0;
   }
 
@@ -271,6 +281,15 @@ export class PageAllocator {
    * @see __free_pages, __free_one_page, free_pages_prepare (bad_page)
    */
   freePages(pfn: number, order: number, fromPut = false): void {
+    if (this.batchDepth > 0 && fromPut && !this.bus?.wants("mm_page_free")) {
+      this.queueFree(pfn, order);
+      return;
+    }
+    if (this.batchN !== 0) this.drainFreeBatch();
+    this.freeBlock(pfn, order, fromPut);
+  }
+
+  private freeBlock(pfn: number, order: number, fromPut: boolean): void {
     const ps = this.pages;
     const n = 1 << order;
     const z = this.zones[ps.zone[pfn] as number];
@@ -338,6 +357,78 @@ export class PageAllocator {
       o++;
     }
     this.pushFree(z, head, o);
+  }
+
+  /**
+   * Open a free batch: until the matching {@link PageAllocator.endFreeBatch} (nested calls count),
+   * a free that follows a last reference drop (`freePages(pfn, order, true)`) is queued instead of
+   * done, unless `mm_page_free` is traced (every block then gets its own event). The queue is
+   * drained, in order, by the outermost endFreeBatch and before anything else the allocator does
+   * (allocating, freeing otherwise, answering `isFree` or `nrFreePages`), and a run of consecutive
+   * order-0 pages in it is freed as the aligned blocks it is made of, each complete — and pushed
+   * onto its free list — where the one-by-one frees would complete it: the allocator ends up
+   * exactly as without the batch (same blocks, same free-list order, same counters), and a
+   * 512-page run costs one merge instead of 512. Between begin and end the zones' `freePages`
+   * fields lag the queued frees.
+   * @see free_unref_folios, free_pcppages_bulk (the kernel frees through per-CPU lists in batches)
+   */
+  beginFreeBatch(): void {
+    this.batchDepth++;
+  }
+
+  /**
+   * Close a {@link PageAllocator.beginFreeBatch}; the outermost one frees what was queued.
+   * @throws BugError `free-batch-unbalanced` without an open batch; as {@link PageAllocator.freePages}
+   *   for a queued block in a bad state (found now, not when it was queued).
+   */
+  endFreeBatch(): void {
+    if (this.batchDepth <= 0) throw new BugError("free-batch-unbalanced", "endFreeBatch without beginFreeBatch");
+    if (--this.batchDepth === 0) this.drainFreeBatch();
+  }
+
+  private queueFree(pfn: number, order: number): void {
+    if (this.batchN === this.batchPfns.length) {
+      const pfns = new Float64Array(this.batchPfns.length * 2);
+      const orders = new Uint8Array(pfns.length);
+      pfns.set(this.batchPfns);
+      orders.set(this.batchOrders);
+      this.batchPfns = pfns;
+      this.batchOrders = orders;
+    }
+    this.batchPfns[this.batchN] = pfn;
+    this.batchOrders[this.batchN++] = order;
+  }
+
+  private drainFreeBatch(): void {
+    const n = this.batchN;
+    if (n === 0) return;
+    this.batchN = 0;
+    const pfns = this.batchPfns;
+    const orders = this.batchOrders;
+    for (let i = 0; i < n; ) {
+      const pfn = pfns[i] as number;
+      let j = i + 1;
+      if ((orders[i] as number) === 0) {
+        while (j < n && (orders[j] as number) === 0 && (pfns[j] as number) === pfn + (j - i)) j++;
+      }
+      if (j - i === 1) {
+        this.freeBlock(pfn, orders[i] as number, true);
+        i = j;
+        continue;
+      }
+      // Split [pfn, pfn + len) into its maximal aligned blocks, lowest first, none across the end
+      // of a zone (the buddy allocator never merges across one).
+      const end = pfn + (j - i);
+      for (let p = pfn; p < end; ) {
+        const z = this.zones[this.pages.zone[p] as number];
+        const stop = z === undefined ? p + 1 : Math.min(end, z.startPfn + z.npages);
+        let o = 0;
+        while (o < MAX_PAGE_ORDER && p % (2 << o) === 0 && p + (2 << o) <= stop) o++;
+        this.freeBlock(p, o, true);
+        p += 1 << o;
+      }
+      i = j;
+    }
   }
 
   /** Report the first page of a block being freed that is in use or already free. @see bad_page */

@@ -32,8 +32,6 @@ describe("tracepoints", () => {
     await m.mm.write(t, a, new Uint8Array([1]));
     const pfn = Math.floor(t.mm.pt.getPte(a) / 256);
     t.mm.munmap(a, 4096);
-    // BUG: CoreEvents declares mm_page_alloc and mm_page_free (trace_mm_page_alloc /
-    // trace_mm_page_free) but nothing emits them: PageAllocator has no TraceBus.
     expect(allocs).toEqual([{ pfn, order: 0 }]);
     expect(frees).toEqual([{ pfn, order: 0 }]);
   });
