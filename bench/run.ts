@@ -5,9 +5,9 @@
  * Modules are `packages/<pkg>/bench/*.bench.ts` and `bench/*.bench.ts`; each exports
  * `run(): Promise<BenchResult[]>` (see bench/lib.ts) and runs in a process of its own
  * (`bench/module-child.ts` through `runFresh`), so that no module inherits the heap, the garbage or
- * the JIT state of the ones before it: a module's numbers do not depend on which others ran. Filters are substrings of the module path
- * relative to the repository root (any one matching selects the module). Ids that were not re-run
- * keep their stored values. `--check` exits 1 when a result misses its target (bench/targets.json);
+ * the JIT state of the ones before it: a module's numbers do not depend on which others ran.
+ * Filters are substrings of the module path relative to the repository root (any one matching
+ * selects the module). Ids that were not re-run keep their stored values. `--check` exits 1 when a result misses its target (bench/targets.json);
  * a module that throws always makes the run exit 1, after the other modules' results are saved.
  */
 import { existsSync, readdirSync, writeFileSync } from "node:fs";
